@@ -1,0 +1,1 @@
+"""The rhizome engine: signatures, adapters, LM clients, graphs, traces."""

@@ -1,0 +1,221 @@
+"""Traces: the record of everything one run did.
+
+A :class:`Trace` holds one :class:`NodeRecord` per node execution, linked to the
+records that fed it, and each record holds the :class:`LMCall` s the node made.
+Metrics judge traces and optimizers cut demos from them. The trace being
+recorded lives in a private ``ContextVar``, so concurrent runs never mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from rhizome.engine.lm import Usage
+
+
+@dataclasses.dataclass(kw_only=True)
+class LMCall:
+    """One LM call made by a predictor inside a node.
+
+    Attributes:
+        predictor: The parameter path of the predictor (``"answer"``, ``"agent.step"``).
+        inputs: The predictor's input fields as given.
+        outputs: The parsed output fields, empty when parsing failed.
+        messages: The rendered chat messages sent.
+        reply: The raw reply text (first choice).
+        usage: Token usage reported for the call.
+        cached: True when served from the response cache.
+        latency: Seconds the call took.
+        error: A description of the failure, if the call failed.
+        attempt: 0 for the first try, 1 for a repair attempt.
+    """
+
+    predictor: str
+    inputs: dict[str, Any]
+    outputs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    messages: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    reply: str = ""
+    usage: Usage = Usage()
+    cached: bool = False
+    latency: float = 0.0
+    cost: float = 0.0
+    error: str | None = None
+    attempt: int = 0
+
+
+@dataclasses.dataclass(kw_only=True)
+class NodeRecord:
+    """One execution of one node.
+
+    Attributes:
+        node: The node's path in the graph (``"hop1"``, ``"sub.answer"``).
+        kind: The node kind.
+        inputs: The input fields it received.
+        outputs: The output fields it produced.
+        parents: Paths of the nodes whose outputs fed it.
+        calls: LM calls it made, in order.
+        started: Wall-clock start time (epoch seconds).
+        latency: Seconds it ran.
+        error: A description of the failure, if it failed.
+        iteration: For nodes inside loops, the iteration index.
+    """
+
+    node: str
+    kind: str
+    inputs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    outputs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    parents: list[str] = dataclasses.field(default_factory=list)
+    calls: list[LMCall] = dataclasses.field(default_factory=list)
+    started: float = 0.0
+    latency: float = 0.0
+    error: str | None = None
+    iteration: int | None = None
+
+
+class Trace:
+    """The record of one run: node records in the order they started."""
+
+    def __init__(self) -> None:
+        self.records: list[NodeRecord] = []
+        self.inputs: dict[str, Any] = {}
+        self.outputs: dict[str, Any] = {}
+        self.error: str | None = None
+
+    def node(self, name: str) -> NodeRecord:
+        """The (last) record of node ``name``; KeyError lists the recorded nodes."""
+        for record in reversed(self.records):
+            if record.node == name:
+                return record
+        names = ", ".join(dict.fromkeys(r.node for r in self.records)) or "none"
+        raise KeyError(f"no record of node {name!r} in this trace; recorded nodes: {names}")
+
+    def lm_calls(self, predictor: str | None = None) -> list[LMCall]:
+        """Every LM call in order, optionally only those of one predictor path."""
+        calls = [c for r in self.records for c in r.calls]
+        return [c for c in calls if predictor is None or c.predictor == predictor]
+
+    def usage(self) -> dict[str, float]:
+        """Totals for the run: calls, cache hits, prompt and completion tokens, cost."""
+        calls = self.lm_calls()
+        return {
+            "calls": len(calls),
+            "cache_hits": sum(c.cached for c in calls),
+            "prompt_tokens": sum(c.usage.prompt_tokens for c in calls),
+            "completion_tokens": sum(c.usage.completion_tokens for c in calls),
+            "cost": sum(c.cost for c in calls),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The trace as JSON-ready data."""
+        return {
+            "inputs": _jsonable(self.inputs),
+            "outputs": _jsonable(self.outputs),
+            "error": self.error,
+            "usage": self.usage(),
+            "records": [_jsonable(dataclasses.asdict(r)) for r in self.records],
+        }
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        """The trace as a JSON string."""
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+
+    def format(self) -> str:
+        """A short readable summary: one line per node, one indented line per LM call."""
+        lines = []
+        for r in self.records:
+            status = f"error: {r.error}" if r.error else _short(r.outputs)
+            lines.append(f"{r.node} ({r.kind}, {r.latency * 1000:.0f} ms): {status}")
+            for c in r.calls:
+                tag = " cached" if c.cached else ""
+                lines.append(
+                    f"    LM {c.predictor}{tag}: {c.usage.prompt_tokens}+"
+                    f"{c.usage.completion_tokens} tokens -> {_short(c.reply)}"
+                )
+        return "\n".join(lines)
+
+
+def _short(value: Any, limit: int = 100) -> str:
+    text = value if isinstance(value, str) else json.dumps(_jsonable(value), ensure_ascii=False)
+    text = text.replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _jsonable(value: Any) -> Any:
+    """Make values JSON-ready: pydantic models dumped, enums by value, the rest str()."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if hasattr(value, "model_dump"):
+        return _jsonable(value.model_dump(mode="json"))
+    if hasattr(value, "value") and hasattr(type(value), "__members__"):
+        return _jsonable(value.value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value))
+    return str(value)
+
+
+jsonable = _jsonable
+
+_TRACE: contextvars.ContextVar[Trace | None] = contextvars.ContextVar("rhizome_trace", default=None)
+_RECORD: contextvars.ContextVar[NodeRecord | None] = contextvars.ContextVar(
+    "rhizome_record", default=None
+)
+
+
+def current_trace() -> Trace | None:
+    """The trace being recorded in this task, if any."""
+    return _TRACE.get()
+
+
+def current_record() -> NodeRecord | None:
+    """The node record being filled in this task, if any."""
+    return _RECORD.get()
+
+
+@contextlib.contextmanager
+def recording(trace: Trace) -> Iterator[Trace]:
+    """Record into ``trace`` for the duration of the block."""
+    token = _TRACE.set(trace)
+    try:
+        yield trace
+    finally:
+        _TRACE.reset(token)
+
+
+@contextlib.contextmanager
+def node_record(record: NodeRecord) -> Iterator[NodeRecord]:
+    """Append ``record`` to the current trace and make it current for the block.
+
+    Times the block into ``record.latency``; exceptions are noted in
+    ``record.error`` and re-raised.
+    """
+    trace = _TRACE.get()
+    if trace is not None:
+        trace.records.append(record)
+    token = _RECORD.set(record)
+    record.started = time.time()
+    t0 = time.perf_counter()
+    try:
+        yield record
+    except BaseException as exc:
+        record.error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        record.latency = time.perf_counter() - t0
+        _RECORD.reset(token)
+
+
+def log_call(call: LMCall) -> None:
+    """Attach an LM call to the node record current in this task (no-op outside a run)."""
+    record = _RECORD.get()
+    if record is not None:
+        record.calls.append(call)

@@ -1,0 +1,1 @@
+"""Node kinds: LM reasoning patterns, retrieval, tools, functions, routers and loops."""

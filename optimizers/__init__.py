@@ -1,0 +1,1 @@
+"""Evaluation, metrics and optimizers that tune every LM node of a graph."""

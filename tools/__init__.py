@@ -1,0 +1,1 @@
+"""Tools for agents, built-in tools, retrievers, embeddings and the embedded local LM."""
