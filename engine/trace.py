@@ -64,6 +64,7 @@ class NodeRecord:
         latency: Seconds it ran.
         error: A description of the failure, if it failed.
         iteration: For nodes inside loops, the iteration index.
+        details: Node-specific extras (retrieved passage ids and scores, tool steps).
     """
 
     node: str
@@ -76,6 +77,7 @@ class NodeRecord:
     latency: float = 0.0
     error: str | None = None
     iteration: int | None = None
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class Trace:

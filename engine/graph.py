@@ -1,0 +1,394 @@
+"""Graph: a program made of nodes wired output-to-input, itself usable as a node.
+
+Build a graph with :meth:`Graph.add` and :meth:`Graph.connect`; it is validated
+once (lazily, on first use, or with :meth:`Graph.validate`) and the checked plan
+is cached until the next change. The same object runs
+(:meth:`Graph.run`, :meth:`Graph.batch`, calling it), exposes its tunable
+parameters to optimizers (:meth:`Graph.named_parameters`), saves, loads and
+draws itself::
+
+    g = Graph("rag")
+    g.add("query", Predict("question -> query"))
+    g.add("search", FunctionNode(search, outputs=["passages"]))
+    g.add("answer", Predict("passages: list[str], question -> answer"))
+    g.connect("query", "search").connect("search", "answer")
+    prediction = g(question="Who wrote Hamlet?")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import copy
+import functools
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+import anyio
+import networkx as nx
+
+from rhizome.engine import batch as _batch
+from rhizome.engine import params as _params
+from rhizome.engine import saving as _saving
+from rhizome.engine.errors import GraphError
+from rhizome.engine.mermaid import to_mermaid
+from rhizome.engine.node import Node
+from rhizome.engine.scheduler import current_path, execute, run_traced
+from rhizome.engine.signature import Field
+from rhizome.engine.trace import Trace
+from rhizome.engine.wiring import (
+    Condition,
+    Plan,
+    Source,
+    build_plan,
+    check_types,
+    field_error,
+    node_of,
+    unknown_node,
+)
+
+if TYPE_CHECKING:
+    from rhizome.engine.batch import BatchResult
+    from rhizome.engine.example import Example, Prediction
+    from rhizome.engine.lm import LM
+    from rhizome.engine.predictor import Predictor
+
+Declared = Iterable[str] | Mapping[str, Any] | None
+
+
+class Graph(Node):
+    """A directed acyclic graph of named nodes; a node itself, so graphs nest.
+
+    Args:
+        name: A readable name used in errors, drawings and saved files.
+        inputs: Declared graph inputs (names, or names mapped to types or
+            Fields). When omitted they are inferred: every node input no edge
+            feeds becomes a graph input of the same name.
+        outputs: Declared graph outputs, as output field names (``"answer"``)
+            or ``"node.field"`` to pick one node. When omitted, every output of
+            every sink node is a graph output.
+        timeout: Seconds the whole graph may run when nested as a node.
+    """
+
+    # A router inside may skip the node producing an output; consumers then skip too.
+    may_omit_outputs: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        name: str = "graph",
+        *,
+        inputs: Declared = None,
+        outputs: Iterable[str] | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(timeout=timeout)
+        self.name = name
+        self._declared_inputs = _declared_fields(inputs)
+        self._declared_outputs = list(outputs) if outputs is not None else None
+        self._g: nx.DiGraph = nx.DiGraph()
+        self._plan: Plan | None = None
+        self._edge_count = 0
+
+    # -- building ---------------------------------------------------------
+
+    def add(self, name: str, node: Node) -> Self:
+        """Add ``node`` under ``name`` (an identifier, unique in this graph); chainable."""
+        if not isinstance(name, str) or not name.isidentifier():
+            raise GraphError(
+                f"graph {self.name!r}: node name {name!r} must be a Python identifier "
+                "(letters, digits, underscores; no dots)"
+            )
+        if name in self._g:
+            raise GraphError(
+                f"graph {self.name!r} already has a node named {name!r}; "
+                f"its nodes are: {', '.join(self._g.nodes)}"
+            )
+        if not isinstance(node, Node):
+            raise GraphError(
+                f"graph {self.name!r}: {name!r} must be a Node, got {type(node).__name__}; "
+                "wrap plain functions with FunctionNode(fn)"
+            )
+        if node is self or (isinstance(node, Graph) and self in node._subgraphs()):
+            raise GraphError(f"graph {self.name!r} cannot contain itself (node {name!r})")
+        self._g.add_node(name, node=node)
+        self._plan = None
+        return self
+
+    def connect(self, src: str, dst: str, *, when: Condition | None = None) -> Self:
+        """Wire outputs of one node to inputs of another; chainable.
+
+        ``connect("a.x", "b.y")`` feeds output ``x`` of ``a`` to input ``y`` of
+        ``b``; ``connect("a", "b")`` feeds every output of ``a`` to the input of
+        ``b`` with the same name. With ``when=fn`` the edge is a router branch:
+        ``fn(outputs_of_a) -> bool`` decides whether ``b`` runs, and the edge may
+        carry no fields (``b`` then takes its inputs from elsewhere).
+        """
+        if when is not None and not callable(when):
+            raise GraphError(f"when= must be a function of the source's outputs, got {when!r}")
+        (a, x), (b, y) = self._endpoint(src), self._endpoint(dst)
+        mappings = self._mappings(a, x, b, y, routed=when is not None)
+        for sf, df in mappings:
+            check_types(self.name, self._g, Source(node=a, field=sf), Source(node=b, field=df))
+        if a == b or (b in self._g and nx.has_path(self._g, b, a)):
+            raise GraphError(
+                f"graph {self.name!r}: connecting {a!r} -> {b!r} would make a cycle; graphs "
+                "must be acyclic (put loops inside a bounded Loop or agent node)"
+            )
+        self._add_edge(a, b, mappings, when)
+        return self
+
+    def _endpoint(self, text: str) -> tuple[str, str | None]:
+        name, dot, field = text.partition(".")
+        if name not in self._g:
+            raise unknown_node(self.name, self._g, name)
+        if dot and (not field or "." in field):
+            raise GraphError(f"cannot read {text!r}: write 'node' or 'node.field'")
+        return name, (field if dot else None)
+
+    def _mappings(
+        self, a: str, x: str | None, b: str, y: str | None, *, routed: bool
+    ) -> list[tuple[str, str]]:
+        outs, ins = node_of(self._g, a).outputs, node_of(self._g, b).inputs
+        if x is not None or y is not None:
+            sf, df = (x or y), (y or x)
+            if sf not in outs:
+                raise field_error(self.name, self._g, a, str(sf), output=True)
+            if df not in ins:
+                raise field_error(self.name, self._g, b, str(df), output=False)
+            return [(str(sf), str(df))]
+        matched = [(f, f) for f in outs if f in ins]
+        if not matched and not routed:
+            raise GraphError(
+                f"graph {self.name!r}: connect({a!r}, {b!r}) found no output of {a!r} that "
+                f"matches an input of {b!r} by name; {a!r} outputs: {', '.join(outs) or 'none'}; "
+                f"{b!r} inputs: {', '.join(ins) or 'none'}; connect fields explicitly, "
+                f"e.g. connect('{a}.<output>', '{b}.<input>')"
+            )
+        return matched
+
+    def _add_edge(
+        self, a: str, b: str, mappings: list[tuple[str, str]], when: Condition | None
+    ) -> None:
+        if self._g.has_edge(a, b):
+            data = self._g.edges[a, b]
+            if when is not None and data["when"] not in (None, when):
+                raise GraphError(
+                    f"graph {self.name!r}: the edge {a!r} -> {b!r} already has a condition; "
+                    "an edge has one when=..."
+                )
+            data["when"] = when or data["when"]
+            data["mappings"].extend(m for m in mappings if m not in data["mappings"])
+        else:
+            self._edge_count += 1
+            self._g.add_edge(a, b, mappings=list(mappings), when=when, order=self._edge_count)
+        self._plan = None
+
+    def _subgraphs(self) -> Iterator[Graph]:
+        for name in self._g.nodes:
+            node = node_of(self._g, name)
+            if isinstance(node, Graph):
+                yield node
+                yield from node._subgraphs()
+
+    # -- validation and fields --------------------------------------------
+
+    def validate(self) -> Self:
+        """Check the wiring now (it is otherwise checked on first use); chainable.
+
+        Raises:
+            GraphError: Naming the node or field at fault and the valid choices.
+        """
+        self._validated()
+        return self
+
+    def _validated(self) -> Plan:
+        if self._plan is None:
+            self._plan = build_plan(
+                self.name, self._g, inputs=self._declared_inputs, outputs=self._declared_outputs
+            )
+        return self._plan
+
+    @property
+    def nodes(self) -> dict[str, Node]:
+        """The nodes by name, in the order they were added."""
+        return {name: node_of(self._g, name) for name in self._g.nodes}
+
+    @property
+    def edges(self) -> list[tuple[str, str, list[tuple[str, str]], Condition | None]]:
+        """``(src, dst, [(src_field, dst_field), ...], when)`` for each edge."""
+        return [(a, b, list(d["mappings"]), d["when"]) for a, b, d in self._g.edges(data=True)]
+
+    @property
+    def inputs(self) -> dict[str, Field]:
+        """The graph inputs by name (declared or inferred)."""
+        return dict(self._validated().inputs)
+
+    @property
+    def optional_inputs(self) -> frozenset[str]:
+        """Graph inputs every node taking them has a default for."""
+        return self._validated().optional_inputs
+
+    @property
+    def outputs(self) -> dict[str, Field]:
+        """The graph outputs by name (declared or inferred from sink nodes)."""
+        return dict(self._validated().outputs)
+
+    # -- running -----------------------------------------------------------
+
+    async def run(
+        self, inputs: Mapping[str, Any] | None = None, /, *, lm: LM | None = None, **fields: Any
+    ) -> Prediction:
+        """Run the graph once and return its outputs with the run's trace.
+
+        Args:
+            inputs: Input values as a mapping (an Example works); merged with ``fields``.
+            lm: The default LM for nodes not bound to one, for this run.
+            **fields: Input values by name.
+
+        Raises:
+            GraphError: A required input is missing (the message lists them).
+            NodeError: A node failed; the original error is its ``__cause__``.
+        """
+        values = {**dict(inputs or {}), **fields}
+        return await run_traced(self._validated(), values, trace=Trace(), lm=lm)
+
+    def __call__(
+        self, inputs: Mapping[str, Any] | None = None, /, *, lm: LM | None = None, **fields: Any
+    ) -> Prediction:
+        """Run the graph synchronously (works inside a running event loop, e.g. notebooks)."""
+        call = functools.partial(self.run, inputs, lm=lm, **fields)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return anyio.run(call)
+        # A loop already runs in this thread: run ours in a worker thread, carrying
+        # this thread's context so `with rhizome.context(...)` still applies.
+        ctx = contextvars.copy_context()
+
+        def in_thread() -> Prediction:
+            return ctx.run(anyio.run, call)
+
+        with concurrent.futures.ThreadPoolExecutor(1, "rhizome-sync") as pool:
+            return pool.submit(in_thread).result()
+
+    async def forward(self, **inputs: Any) -> dict[str, Any]:
+        """Run as a node of an enclosing graph, recording into the enclosing trace."""
+        path = current_path()
+        prefix = f"{path}." if path else ""
+        return await execute(
+            self._validated(), inputs, prefix=prefix, entry_parents=[path] if path else []
+        )
+
+    async def batch(
+        self,
+        examples: Iterable[Example | Mapping[str, Any]],
+        *,
+        concurrency: int = 16,
+        lm: LM | None = None,
+        progress: bool | None = None,
+    ) -> list[BatchResult]:
+        """Run many examples concurrently; results in input order, failures recorded.
+
+        See :func:`rhizome.engine.batch.run_batch`.
+        """
+        return await _batch.run_batch(
+            self, examples, concurrency=concurrency, lm=lm, progress=progress
+        )
+
+    def stream(
+        self,
+        examples: Iterable[Example | Mapping[str, Any]],
+        *,
+        concurrency: int = 16,
+        lm: LM | None = None,
+        progress: bool | None = None,
+    ) -> AsyncIterator[BatchResult]:
+        """Like :meth:`batch`, yielding each result as it finishes.
+
+        See :func:`rhizome.engine.batch.stream_batch`.
+        """
+        return _batch.stream_batch(
+            self, examples, concurrency=concurrency, lm=lm, progress=progress
+        )
+
+    # -- parameters ----------------------------------------------------------
+
+    def named_predictors(self) -> Iterator[tuple[str, Predictor]]:
+        """Yield ``(path, predictor)``: ``"answer"``, ``"agent.step"``, ``"sub.answer"``."""
+        for name in self._g.nodes:
+            for role, predictor in node_of(self._g, name).named_predictors():
+                yield (f"{name}.{role}" if role else name), predictor
+
+    def named_parameters(self) -> dict[str, Any]:
+        """Every tunable slot by name: ``{"answer.instruction": ..., "answer.demos": [...]}``."""
+        return _params.named_parameters(self.named_predictors())
+
+    def set_parameters(self, values: Mapping[str, Any]) -> Self:
+        """Set slots by the names :meth:`named_parameters` uses; chainable.
+
+        Raises:
+            GraphError: A name is unknown (the message lists valid names) or a
+                value has the wrong type.
+        """
+        _params.set_parameters(self.name, self.named_predictors(), values)
+        return self
+
+    def copy(self) -> Self:
+        """An independent copy: every node copied, so tuning it leaves this graph alone."""
+        new = copy.copy(self)
+        new._g = nx.DiGraph()
+        copies: dict[int, Node] = {}
+        for name in self._g.nodes:
+            old = node_of(self._g, name)
+            copies[id(old)] = old.copy()
+            new._g.add_node(name, node=copies[id(old)])
+        for a, b, data in self._g.edges(data=True):
+            new._g.add_edge(a, b, **{**data, "mappings": list(data["mappings"])})
+        new._plan = None
+        # Subclasses often keep their nodes as attributes too; point those at the copies.
+        for attr, value in list(vars(new).items()):
+            if isinstance(value, Node) and id(value) in copies:
+                setattr(new, attr, copies[id(value)])
+        return new
+
+    # -- saving and drawing --------------------------------------------------
+
+    def save(self, path: str | Path) -> None:
+        """Write the tunable state to a JSON file (see :mod:`rhizome.engine.saving`)."""
+        _saving.save(self, path)
+
+    def load(self, path: str | Path, *, strict: bool = True) -> Self:
+        """Restore tunable state saved from a graph of the same structure; chainable.
+
+        Args:
+            path: The JSON file written by :meth:`save`.
+            strict: When False, restore the predictors whose path and signature
+                still match and ignore the rest of a changed structure.
+
+        Raises:
+            SaveError: The file is malformed, too large, or the structure changed.
+        """
+        _saving.load(self, path, strict=strict)
+        return self
+
+    def to_mermaid(self) -> str:
+        """The graph as a Mermaid flowchart (paste into any Mermaid viewer)."""
+        return to_mermaid(self)
+
+    def __repr__(self) -> str:
+        return f"Graph({self.name!r}, nodes=[{', '.join(self._g.nodes)}])"
+
+
+def _declared_fields(declared: Declared) -> dict[str, Field] | None:
+    if declared is None:
+        return None
+    if isinstance(declared, str):
+        raise GraphError(f"inputs= takes a list of names, not the string {declared!r}")
+    if not isinstance(declared, Mapping):
+        return {name: Field(name, Any) for name in declared}
+    fields: dict[str, Field] = {}
+    for name, value in declared.items():
+        fields[name] = value if isinstance(value, Field) else Field(name, value)
+    return fields

@@ -1,0 +1,273 @@
+"""The scheduler: run a validated plan in one anyio task group.
+
+Every node gets a task that waits for the nodes feeding it, decides whether
+it runs or is skipped (routers), and runs it inside a
+:func:`~rhizome.engine.trace.node_record` with its time limit. Independent nodes
+therefore run concurrently, and each node starts as soon as its inputs exist.
+The first node failure cancels the rest and comes out as one
+:class:`~rhizome.engine.errors.NodeError`; cancellation from outside passes
+through untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from rhizome.engine.context import context, settings
+from rhizome.engine.errors import GraphError, NodeError, NodeTimeoutError
+from rhizome.engine.example import Prediction
+from rhizome.engine.trace import NodeRecord, Trace, node_record, recording
+
+if TYPE_CHECKING:
+    from rhizome.engine.lm import LM
+    from rhizome.engine.wiring import NodePlan, Plan
+
+_PATH: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "rhizome_node_path", default=None
+)
+
+
+def current_path() -> str | None:
+    """The graph path of the node running in this task (``"sub.answer"``), if any."""
+    return _PATH.get()
+
+
+@dataclasses.dataclass(kw_only=True)
+class _Run:
+    """Mutable state of one plan execution."""
+
+    plan: Plan
+    inputs: dict[str, Any]
+    prefix: str
+    entry_parents: list[str]
+    scope: anyio.CancelScope
+    done: dict[str, anyio.Event]
+    outputs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    error: NodeError | None = None
+
+    def path(self, name: str) -> str:
+        return self.prefix + name
+
+    def fail(self, name: str, exc: Exception) -> None:
+        """Keep the first failure as a NodeError and cancel the other nodes."""
+        if self.error is None:
+            self.error = _as_node_error(self.path(name), self.plan.nodes[name].node.kind, exc)
+        self.scope.cancel()
+
+
+def _as_node_error(path: str, kind: str, exc: Exception) -> NodeError:
+    # A NodeError raised for this node or one nested inside it already names the
+    # innermost failing node; wrapping it again would hide that.
+    if isinstance(exc, NodeError) and (exc.node == path or exc.node.startswith(path + ".")):
+        return exc
+    error = NodeError(f"{type(exc).__name__}: {exc}", node=path, kind=kind)
+    error.__cause__ = exc
+    error.__suppress_context__ = True
+    return error
+
+
+async def execute(
+    plan: Plan,
+    inputs: Mapping[str, Any],
+    *,
+    prefix: str = "",
+    entry_parents: list[str] | None = None,
+) -> dict[str, Any]:
+    """Run every node of ``plan`` and return the graph outputs that were produced.
+
+    Args:
+        plan: The validated plan.
+        inputs: Graph input values (already checked for presence).
+        prefix: Prepended to node names in records and errors (``"sub."`` when nested).
+        entry_parents: Parents recorded for nodes fed only by graph inputs.
+
+    Raises:
+        NodeError: The first node that failed; the original error is its ``__cause__``.
+    """
+    async with anyio.create_task_group() as tg:
+        run = _Run(
+            plan=plan,
+            inputs=dict(inputs),
+            prefix=prefix,
+            entry_parents=list(entry_parents or []),
+            scope=tg.cancel_scope,
+            done={name: anyio.Event() for name in plan.order},
+        )
+        for name in plan.order:
+            tg.start_soon(_node_task, run, name, name=f"rhizome node {prefix}{name}")
+    if run.error is not None:
+        raise run.error
+    return _graph_outputs(run)
+
+
+def _graph_outputs(run: _Run) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for name, sources in run.plan.output_sources.items():
+        for s in sources:
+            produced = run.outputs.get(s.node)
+            if produced is not None and s.field in produced:
+                result[name] = produced[s.field]
+                break
+    return result
+
+
+async def _node_task(run: _Run, name: str) -> None:
+    plan = run.plan.nodes[name]
+    try:
+        for pred in plan.preds:
+            await run.done[pred].wait()
+        gathered = _gather(run, plan)
+        if gathered is not None:
+            run.outputs[name] = await _run_node(run, plan, *gathered)
+    except Exception as exc:
+        run.fail(name, exc)
+        return
+    run.done[name].set()
+
+
+def _active_sources(run: _Run, plan: NodePlan) -> dict[str, bool]:
+    """For each feeding node: did it run, and does its edge's condition hold?"""
+    active: dict[str, bool] = {}
+    for src, when in plan.conditions.items():
+        outputs = run.outputs.get(src)
+        if outputs is None or when is None:
+            active[src] = outputs is not None
+            continue
+        try:
+            active[src] = bool(when(dict(outputs)))
+        except Exception as exc:
+            raise NodeError(
+                f"the condition on the edge {run.path(src)!r} -> {run.path(plan.name)!r} "
+                f"raised {type(exc).__name__}: {exc}",
+                node=run.path(plan.name),
+                kind=plan.node.kind,
+            ) from exc
+    return active
+
+
+def _gather(run: _Run, plan: NodePlan) -> tuple[dict[str, Any], list[str]] | None:
+    """The node's inputs and parents, or None when the node is skipped."""
+    active = _active_sources(run, plan)
+    routed = [src for src, when in plan.conditions.items() if when is not None]
+    if routed and not any(active[src] for src in routed):
+        return None
+    inputs: dict[str, Any] = {}
+    parents = [run.path(src) for src in routed if active[src]]
+    for field, sources in plan.feeds.items():
+        for s in sources:
+            if active[s.node] and s.field in run.outputs[s.node]:
+                inputs[field] = run.outputs[s.node][s.field]
+                parents.append(run.path(s.node))
+                break
+        else:
+            if field in plan.required:
+                return None
+    for field in plan.from_graph:
+        if field in run.inputs:
+            inputs[field] = run.inputs[field]
+    if plan.from_graph or not parents:
+        parents.extend(run.entry_parents)
+    return inputs, list(dict.fromkeys(parents))
+
+
+async def _run_node(
+    run: _Run, plan: NodePlan, inputs: dict[str, Any], parents: list[str]
+) -> dict[str, Any]:
+    node, path = plan.node, run.path(plan.name)
+    timeout = node.timeout if node.timeout is not None else settings().node_timeout
+    record = NodeRecord(node=path, kind=node.kind, inputs=dict(inputs), parents=parents)
+    with node_record(record), _node_path(path):
+        with anyio.move_on_after(timeout) as scope:
+            outputs = await node.forward(**inputs)
+        if scope.cancelled_caught:
+            raise NodeTimeoutError(
+                f"ran past its timeout of {timeout:g} s; raise it with the node's timeout=... "
+                "or rhizome.context(node_timeout=...)",
+                node=path,
+                kind=node.kind,
+            )
+        checked = _check_outputs(plan, outputs)
+        record.outputs = dict(checked)
+    return checked
+
+
+@contextlib.contextmanager
+def _node_path(path: str) -> Iterator[None]:
+    token = _PATH.set(path)
+    try:
+        yield
+    finally:
+        _PATH.reset(token)
+
+
+def _check_outputs(plan: NodePlan, outputs: Any) -> dict[str, Any]:
+    """Keep the declared outputs; a missing one is an error.
+
+    Nodes with a true ``may_omit_outputs`` (graphs, whose routers may skip the
+    node producing an output) may leave outputs out; consumers are then skipped.
+    """
+    declared = plan.node.outputs
+    if not isinstance(outputs, Mapping):
+        raise TypeError(
+            f"forward() returned {type(outputs).__name__}; it must return a dict with the "
+            f"outputs: {', '.join(declared)}"
+        )
+    missing = [f for f in declared if f not in outputs]
+    if missing and not getattr(plan.node, "may_omit_outputs", False):
+        raise ValueError(
+            f"forward() returned no value for output(s) {', '.join(missing)}; "
+            f"it returned: {', '.join(map(str, outputs)) or 'nothing'}"
+        )
+    return {f: outputs[f] for f in declared if f in outputs}
+
+
+def check_inputs(plan: Plan, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The graph inputs taken from ``values``; GraphError lists any required one missing."""
+    missing = [k for k in plan.inputs if k not in values and k not in plan.optional_inputs]
+    if missing:
+        listed = ", ".join(
+            f"{k} ({f.type_name}{', optional' if k in plan.optional_inputs else ''})"
+            for k, f in plan.inputs.items()
+        )
+        raise GraphError(
+            f"graph {plan.name!r} is missing required input(s): {', '.join(missing)}; "
+            f"its inputs are: {listed}"
+        )
+    return {k: values[k] for k in plan.inputs if k in values}
+
+
+async def run_traced(
+    plan: Plan, values: Mapping[str, Any], *, trace: Trace, lm: LM | None = None
+) -> Prediction:
+    """Run ``plan`` as a top-level run, recording into ``trace``.
+
+    Args:
+        plan: The validated plan.
+        values: Input values; fields the graph does not take are ignored.
+        trace: The trace to fill (its ``error`` is set when the run fails).
+        lm: The default LM for this run, if given.
+    """
+    try:
+        trace.inputs = check_inputs(plan, values)
+        with recording(trace), _default_lm(lm):
+            outputs = await execute(plan, trace.inputs)
+    except Exception as exc:
+        trace.error = f"{type(exc).__name__}: {exc}"
+        raise
+    trace.outputs = outputs
+    return Prediction(outputs, trace=trace)
+
+
+@contextlib.contextmanager
+def _default_lm(lm: LM | None) -> Iterator[None]:
+    if lm is None:
+        yield
+        return
+    with context(lm=lm):
+        yield

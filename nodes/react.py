@@ -1,0 +1,373 @@
+"""ReAct: an agent that thinks, calls tools, reads what they return, and finishes.
+
+Each step the ``step`` predictor sees the task's inputs and the trajectory so
+far, and gives a ``thought``, a ``tool_name`` and ``tool_args``. Arguments are
+validated against the tool's schema; a bad call, or a tool that raises, turns
+into error text the model reads as the observation, so it can correct itself.
+The special ``finish`` action takes the task's outputs as its arguments and
+ends the loop. After ``max_steps`` steps without finishing, the ``extract``
+predictor produces the outputs from the trajectory.
+
+Two protocols, one prompt:
+
+- *text*: the reply holds the three fields in the adapter's format;
+- *native*: the request also carries the tools (and ``finish``) as OpenAI
+  function definitions, and a function call in the reply is the action.
+
+Both render the same ``step`` predictor (its tuned instruction and demos), log
+the call with the same fields, and read a reply in either form, so demos
+bootstrapped under one protocol serve the other. The trajectory (thought, tool,
+args, observation per step) is the node's ``trajectory`` output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from rhizome.engine.adapters import default_adapter, outputs_schema
+from rhizome.engine.context import resolve_lm, settings
+from rhizome.engine.errors import ConfigError, ParseError
+from rhizome.engine.lm import LMRequest, LMResponse
+from rhizome.engine.node import Node
+from rhizome.engine.parsing import coerce_json, format_value
+from rhizome.engine.predictor import Predictor
+from rhizome.engine.signature import Field, Signature
+from rhizome.engine.trace import LMCall, current_record, log_call
+from rhizome.tools.tool import Tool, tool
+
+if TYPE_CHECKING:
+    from rhizome.engine.lm import LM
+
+FINISH = "finish"
+TRAJECTORY = "trajectory"
+Protocol = Literal["auto", "native", "text"]
+_NATIVE_NOTE = (
+    "Or act with a function call instead: call the tool (or finish) directly, and write "
+    "your thought as the message text."
+)
+_TRAJECTORY_DESC = "the steps taken so far: thought, tool, arguments and what the tool returned"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Action:
+    """One action the model chose; ``error`` is set when its reply could not be read."""
+
+    thought: str
+    tool: str
+    args: Any
+    error: str | None = None
+
+    @classmethod
+    def of(cls, out: dict[str, Any]) -> _Action:
+        return cls(str(out["thought"]), str(out["tool_name"]), out["tool_args"])
+
+    @classmethod
+    def unreadable(cls, exc: ParseError) -> _Action:
+        message = f"Error: your reply could not be read: {exc}. Follow the reply format."
+        return cls("", "", None, message)
+
+
+class ReAct(Node):
+    """A tool-using agent loop, bounded by ``max_steps``.
+
+    Args:
+        signature: The task (``"question -> answer"``).
+        tools: The tools the agent may call (:class:`~rhizome.tools.tool.Tool`
+            objects, or typed functions, wrapped with ``@tool``). Shared, not
+            copied, by :meth:`copy`.
+        max_steps: Tool calls at most before ``extract`` answers from the trajectory.
+        protocol: ``"native"`` function calling, ``"text"``, or ``"auto"``
+            (native when the LM's capabilities say it supports tools).
+        lm: Bind both predictors to one LM instead of the run's default.
+        max_observation_chars: Longer tool results are cut to this many characters.
+        timeout: Seconds the whole agent may run, None for the run's default.
+
+    Attributes:
+        step: The predictor choosing each action (role ``"step"``).
+        extract: The predictor answering from the trajectory (role ``"extract"``).
+        tools: The tools by name.
+
+    Outputs are the task's outputs plus ``trajectory``, a list of
+    ``{"thought", "tool", "args", "observation"}`` dicts.
+    """
+
+    kind = "ReAct"
+
+    def __init__(
+        self,
+        signature: str | Signature | type[Signature],
+        tools: Sequence[Tool | Callable[..., Any]],
+        *,
+        max_steps: int = 6,
+        protocol: Protocol = "auto",
+        lm: LM | None = None,
+        max_observation_chars: int = 4000,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(timeout=timeout)
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+            raise ConfigError(f"ReAct needs max_steps >= 1, got {max_steps!r}")
+        if protocol not in ("auto", "native", "text"):
+            raise ConfigError(f"protocol must be 'auto', 'native' or 'text', got {protocol!r}")
+        self._base = Signature.coerce(signature)
+        if TRAJECTORY in {f.name for f in self._base.fields}:
+            raise ConfigError(
+                f"ReAct adds a {TRAJECTORY!r} field; the signature {self._base.spec()!r} "
+                "already has one; rename it"
+            )
+        self.tools = _tools_by_name(tools)
+        self.max_steps = max_steps
+        self.protocol = protocol
+        self.max_observation_chars = max_observation_chars
+        self.step = Predictor(self._step_signature(), role="step", lm=lm)
+        self.extract = Predictor(
+            self._base.append_input(TRAJECTORY, str, _TRAJECTORY_DESC).with_instruction(
+                f"{self._base.instruction}\n\nAn agent worked on this task; its steps and "
+                "what its tools returned are in the trajectory. Give the final outputs."
+            ),
+            role="extract",
+            lm=lm,
+        )
+
+    def _step_signature(self) -> Signature:
+        names = (*self.tools, FINISH)
+        sig = self._base.append_input(TRAJECTORY, str, _TRAJECTORY_DESC)
+        fields = [
+            *sig.inputs.values(),
+            Field("thought", str, "reason about what to do next", is_input=False),
+            Field(
+                "tool_name",
+                Literal[names],  # type: ignore[valid-type]
+                f"the tool to call next, or {FINISH!r} when the outputs are known",
+                is_input=False,
+            ),
+            Field("tool_args", dict[str, Any], "the tool's arguments as a JSON object", False),
+        ]
+        return Signature(fields=fields, instruction=self._step_instruction())
+
+    def _step_instruction(self) -> str:
+        outs = ", ".join(f"{f.name} ({f.type_name})" for f in self._base.outputs.values())
+        lines = [
+            self._base.instruction,
+            "",
+            "You are an agent working in steps. In each step, write a thought, then choose "
+            "one tool and its arguments (a JSON object). What the tool returns is added to "
+            f"the trajectory. When you know the outputs, choose {FINISH!r} with the outputs "
+            f"as its arguments: {outs}.",
+            "",
+            "Tools:",
+        ]
+        for i, t in enumerate(self.tools.values(), 1):
+            lines.append(f"({i}) {t.name}: {t.description or '(no description)'}")
+            lines.append("    " + t.describe_parameters().replace("\n", "\n    "))
+        lines.append(f"({len(self.tools) + 1}) {FINISH}: end the task; arguments: {outs}")
+        return "\n".join(lines)
+
+    @property
+    def inputs(self) -> dict[str, Field]:
+        """The task's inputs."""
+        return self._base.inputs
+
+    @property
+    def outputs(self) -> dict[str, Field]:
+        """The task's outputs plus ``trajectory``."""
+        return {
+            **self._base.outputs,
+            TRAJECTORY: Field(TRAJECTORY, list[dict[str, Any]], _TRAJECTORY_DESC, False),
+        }
+
+    # ---------------------------------------------------------------- running
+
+    async def forward(self, **inputs: Any) -> dict[str, Any]:
+        """Run the agent loop and return the outputs and the trajectory."""
+        task = {name: inputs[name] for name in self._base.inputs if name in inputs}
+        native = self._native()
+        trajectory: list[dict[str, Any]] = []
+        for _ in range(self.max_steps):
+            step_inputs = {**task, TRAJECTORY: format_trajectory(trajectory)}
+            actions = await (self._native_step if native else self._text_step)(step_inputs)
+            for action in actions:
+                entry = {"thought": action.thought, "tool": action.tool, "args": action.args}
+                trajectory.append(entry)
+                if action.error is not None:
+                    entry["observation"] = action.error
+                elif action.tool == FINISH:
+                    final, problem = self._finish(action.args)
+                    if final is not None:
+                        entry["observation"] = "done"
+                        return {**final, TRAJECTORY: trajectory}
+                    entry["observation"] = problem
+                else:
+                    entry["observation"] = await self._observe(action.tool, action.args)
+        final = await self.extract(**task, **{TRAJECTORY: format_trajectory(trajectory)})
+        return {**final, TRAJECTORY: trajectory}
+
+    def _native(self) -> bool:
+        if self.protocol != "auto":
+            return self.protocol == "native"
+        return resolve_lm(self.step.lm, node=_path(self.step)).capabilities.tools
+
+    async def _text_step(self, inputs: dict[str, Any]) -> list[_Action]:
+        try:
+            out = await self.step(**inputs)
+        except ParseError as exc:
+            return [_Action.unreadable(exc)]
+        return [_Action.of(out)]
+
+    async def _native_step(self, inputs: dict[str, Any]) -> list[_Action]:
+        """One step with the tools in the request; a function call is the action."""
+        path = _path(self.step)
+        lm = resolve_lm(self.step.lm, node=path)
+        adapter = self.step.adapter or default_adapter(lm)
+        prompt = adapter.render(self.step, inputs)
+        *head, last = prompt.messages
+        last = {**last, "content": f"{last['content']}\n\n{_NATIVE_NOTE}"}
+        request = LMRequest(
+            messages=(*head, last),
+            temperature=self.step.temperature,
+            max_tokens=self.step.max_tokens,
+            tools=(*(t.openai_schema() for t in self.tools.values()), self._finish_schema()),
+        )
+        call = LMCall(predictor=path, inputs=dict(inputs), messages=list(request.messages))
+        started = time.perf_counter()
+        try:
+            response = await lm.complete(request, sample=settings().sample)
+        except Exception as exc:
+            call.error, call.latency = f"{type(exc).__name__}: {exc}", time.perf_counter() - started
+            log_call(call)
+            raise
+        actions = self._read_native(response, adapter, call)
+        log_call(call)
+        return actions
+
+    def _read_native(self, response: LMResponse, adapter: Any, call: LMCall) -> list[_Action]:
+        """The actions in a reply (function calls, else the text fields); fills ``call``."""
+        call.usage, call.cached, call.cost = response.usage, response.cached, response.cost
+        call.latency = response.latency
+        choice = response.choices[0] if response.choices else None
+        text = choice.text if choice is not None else ""
+        calls = choice.tool_calls if choice is not None else ()
+        call.reply = text
+        if calls:
+            listed = [{"name": c.name, "arguments": c.arguments} for c in calls]
+            call.reply = (text + "\n" if text else "") + json.dumps({"tool_calls": listed})
+            thought = _thought_of(adapter, text)
+            actions = [_Action(thought, c.name, _decode_args(c.arguments)) for c in calls]
+            first = actions[0]
+            call.outputs = {"thought": thought, "tool_name": first.tool, "tool_args": first.args}
+            return actions
+        try:
+            out = adapter.parse(self.step.signature, text)
+        except ParseError as exc:
+            call.error = f"ParseError: {exc}"
+            return [_Action.unreadable(exc)]
+        call.outputs = dict(out)
+        return [_Action.of(out)]
+
+    def _finish_schema(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {
+                "name": FINISH,
+                "description": "End the task, giving its outputs as the arguments.",
+                "parameters": outputs_schema(self._base),
+            },
+        }
+
+    def _finish(self, args: Any) -> tuple[dict[str, Any] | None, str]:
+        """The validated outputs from ``finish``'s arguments, or an error for the model."""
+        if not isinstance(args, dict):
+            return (
+                None,
+                f"Error: {FINISH} takes a JSON object with: {', '.join(self._base.outputs)}",
+            )
+        final, problems = {}, []
+        for name, field in self._base.outputs.items():
+            if name not in args:
+                problems.append(f"missing {name!r} ({field.type_name})")
+                continue
+            try:
+                final[name] = coerce_json(field, args[name])
+            except (ValueError, TypeError) as exc:
+                first = str(exc).splitlines()
+                problems.append(f"{name!r} is not a valid {field.type_name}: {first[-1]}")
+        if problems:
+            return None, f"Error: invalid arguments for {FINISH}: " + "; ".join(problems)
+        return final, ""
+
+    async def _observe(self, name: str, args: Any) -> str:
+        """What the tool returned, or error text the model can act on."""
+        found = self.tools.get(name)
+        if found is None:
+            known = ", ".join([*self.tools, FINISH])
+            return f"Error: there is no tool {name!r}; the tools are: {known}"
+        if isinstance(args, str | dict):
+            text = await found.observe(args)
+        else:
+            text = f"Error: the arguments must be a JSON object.\n{found.describe_parameters()}"
+        limit = self.max_observation_chars
+        return text if len(text) <= limit else text[:limit] + " …(cut)"
+
+    def __repr__(self) -> str:
+        return f"ReAct({self._base.spec()!r}, tools=[{', '.join(self.tools)}])"
+
+
+def format_trajectory(trajectory: Sequence[dict[str, Any]]) -> str:
+    """The steps so far as prompt text, one block per step."""
+    if not trajectory:
+        return "(no steps yet)"
+    blocks = []
+    for i, entry in enumerate(trajectory, 1):
+        blocks.append(
+            f"[step {i}]\nthought: {entry.get('thought', '')}\ntool: {entry.get('tool', '')}\n"
+            f"args: {format_value(entry.get('args'))}\n"
+            f"observation: {entry.get('observation', '')}"
+        )
+    return "\n\n".join(blocks)
+
+
+def _tools_by_name(tools: Sequence[Tool | Callable[..., Any]]) -> dict[str, Tool]:
+    if isinstance(tools, Tool) or callable(tools):
+        raise ConfigError("ReAct takes a list of tools, e.g. tools=[search, calculator]")
+    by_name: dict[str, Tool] = {}
+    for item in tools:
+        t = item if isinstance(item, Tool) else tool(item)
+        if t.name == FINISH:
+            raise ConfigError(f"a tool cannot be named {FINISH!r}: ReAct uses that name to finish")
+        if t.name in by_name:
+            raise ConfigError(f"two tools are named {t.name!r}; tool names must be unique")
+        by_name[t.name] = t
+    return by_name
+
+
+def _path(predictor: Predictor) -> str:
+    """The parameter path LM calls of ``predictor`` are logged under in this node."""
+    record = current_record()
+    if record is None:
+        return predictor.role or "predictor"
+    return f"{record.node}.{predictor.role}" if predictor.role else record.node
+
+
+def _decode_args(arguments: str) -> Any:
+    """A function call's arguments as a dict, or the raw text when it is not JSON."""
+    try:
+        return json.loads(arguments) if arguments.strip() else {}
+    except json.JSONDecodeError:
+        return arguments
+
+
+def _thought_of(adapter: Any, text: str) -> str:
+    """The thought in a reply that also made function calls (tagged or plain)."""
+    if not text.strip():
+        return ""
+    try:
+        return str(adapter.parse(_THOUGHT_ONLY, text)["thought"])
+    except ParseError:
+        return text.strip()
+
+
+_THOUGHT_ONLY = Signature("trajectory -> thought")

@@ -1,0 +1,144 @@
+"""BootstrapFewShot: demos cut from the teacher's traces whose metric passed.
+
+The teacher (the graph itself by default) runs over the trainset. For every
+example whose final prediction passes the metric, *every* LM node takes its
+demo from that same trace — its own inputs and outputs, intermediate fields
+and reasoning included. Traces that fail the metric give nothing, so a node
+never learns from a run that ended wrong. Extra rounds ask the LM for fresh
+samples (a new sample index) rather than cached replies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from rhizome.engine.context import context
+from rhizome.optimizers.base import (
+    as_examples,
+    check_same_shape,
+    demos_from_trace,
+    labeled_demo,
+    shuffled,
+)
+from rhizome.optimizers.metrics import Metric, metric_name, passes
+
+if TYPE_CHECKING:
+    from rhizome.engine.example import Example
+    from rhizome.engine.graph import Graph
+    from rhizome.engine.lm import LM
+
+
+@dataclasses.dataclass(kw_only=True)
+class BootstrapReport:
+    """What a bootstrap run did: examples tried, traces kept and dropped, per round."""
+
+    tried: int = 0
+    kept: int = 0
+    dropped: int = 0
+    failed: int = 0
+    rounds: int = 0
+    kept_indices: list[int] = dataclasses.field(default_factory=list)
+
+
+class BootstrapFewShot:
+    """Few-shot demos bootstrapped from successful traces.
+
+    Args:
+        metric: ``metric(example, prediction, trace) -> float | bool``.
+        threshold: A trace is kept when its score is at least this.
+        max_bootstrapped_demos: Demos from successful traces, per predictor.
+        max_labeled_demos: Labelled demos added after them, per predictor.
+        max_rounds: Passes over the trainset; each later pass draws fresh samples.
+        teacher: A graph of the same shape to run instead of the student.
+        concurrency: Examples in flight while bootstrapping.
+        lm: Default LM for the teacher's runs.
+        seed: Shuffles the trainset; the same seed gives the same demos.
+        progress: Show progress (None: on a terminal only).
+    """
+
+    def __init__(
+        self,
+        metric: Metric,
+        *,
+        threshold: float = 1.0,
+        max_bootstrapped_demos: int = 4,
+        max_labeled_demos: int = 4,
+        max_rounds: int = 1,
+        teacher: Graph | None = None,
+        concurrency: int = 16,
+        lm: LM | None = None,
+        seed: int = 0,
+        progress: bool | None = None,
+    ) -> None:
+        self.metric = metric
+        self.threshold = threshold
+        self.max_bootstrapped_demos = max_bootstrapped_demos
+        self.max_labeled_demos = max_labeled_demos
+        self.max_rounds = max_rounds
+        self.teacher = teacher
+        self.concurrency = concurrency
+        self.lm = lm
+        self.seed = seed
+        self.progress = progress
+        self.report = BootstrapReport()
+
+    async def optimize(self, graph: Graph, trainset: Sequence[Example | Mapping[str, Any]]) -> Graph:
+        """Return a copy of ``graph`` whose predictors hold bootstrapped demos."""
+        examples = shuffled(as_examples(trainset), self.seed)
+        student = graph.copy()
+        teacher = (self.teacher or graph).copy()
+        check_same_shape(student, teacher)
+        paths = [p for p, _ in student.named_predictors()]
+        self.report = BootstrapReport()
+        demos, used = await self._bootstrap(teacher, examples, paths)
+        rest = [e for i, e in enumerate(examples) if i not in used]
+        for path, predictor in student.named_predictors():
+            labeled = [d for e in rest if (d := labeled_demo(predictor, e)) is not None]
+            predictor.demos = demos[path] + labeled[: self.max_labeled_demos]
+        return student
+
+    async def _bootstrap(
+        self, teacher: Graph, examples: list[Example], paths: list[str]
+    ) -> tuple[dict[str, list[dict[str, Any]]], set[int]]:
+        demos: dict[str, list[dict[str, Any]]] = {p: [] for p in paths}
+        used: set[int] = set()
+        for round_ in range(self.max_rounds):
+            todo = [i for i in range(len(examples)) if i not in used]
+            if self._full(demos) or not todo:
+                break
+            self.report.rounds += 1
+            with context(sample=round_):
+                batch = await teacher.batch(
+                    [examples[i] for i in todo],
+                    concurrency=self.concurrency,
+                    lm=self.lm,
+                    progress=self.progress,
+                )
+            for pos, result in enumerate(batch):
+                if self._full(demos):
+                    break
+                index = todo[pos]
+                if self._keep(examples[index], result):
+                    used.add(index)
+                    self.report.kept_indices.append(index)
+                    for path, found in demos_from_trace(result.trace, paths).items():
+                        demos[path].extend(found[:1])
+        return demos, used
+
+    def _keep(self, example: Example, result: Any) -> bool:
+        self.report.tried += 1
+        if result.prediction is None or result.trace is None:
+            self.report.failed += 1
+            return False
+        score = self.metric(example, result.prediction, result.trace)
+        keep = passes(score, self.threshold, metric_name=metric_name(self.metric))
+        if keep:
+            self.report.kept += 1
+        else:
+            self.report.dropped += 1
+        return keep
+
+    def _full(self, demos: dict[str, list[dict[str, Any]]]) -> bool:
+        return all(len(d) >= self.max_bootstrapped_demos for d in demos.values())

@@ -1,0 +1,221 @@
+"""Evaluation: run a graph over a dev set concurrently and score every example.
+
+A failed example (bad input, LM error, parse error) scores 0 and is reported;
+it never stops the evaluation. The aggregate comes with a 95% confidence
+interval, and scores are sliced by the examples' tags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections import defaultdict
+from collections.abc import Generator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rhizome.engine.example import Example, Prediction
+from rhizome.optimizers.metrics import Metric, metric_name, score_value
+from rhizome.optimizers.records import RunRecorder
+
+if TYPE_CHECKING:
+    from rhizome.engine.graph import Graph
+    from rhizome.engine.lm import LM
+    from rhizome.engine.trace import Trace
+
+
+@dataclasses.dataclass(kw_only=True)
+class ExampleResult:
+    """The outcome of one example.
+
+    Attributes:
+        index: Position in the dev set.
+        example: The example.
+        prediction: What the graph returned, or None when it failed.
+        score: The metric's score (0.0 for failures).
+        passed: Whether the score reached the threshold.
+        error: A description of the failure, if any.
+        trace: The run's trace, if recorded.
+    """
+
+    index: int
+    example: Example
+    prediction: Prediction | None
+    score: float
+    passed: bool
+    error: dict[str, Any] | None = None
+    trace: Trace | None = None
+
+
+@dataclasses.dataclass(kw_only=True)
+class EvaluationResult:
+    """Aggregate and per-example results of one evaluation.
+
+    Attributes:
+        score: Mean score over all examples, failures counted as 0.
+        ci95: A 95% confidence interval for ``score``.
+        pass_rate: Fraction of examples that passed the threshold.
+        n: Number of examples.
+        failures: Number of examples that raised instead of predicting.
+        slices: Per-tag ``{"score", "n"}``.
+        usage: LM calls, cache hits, tokens and cost summed over the traces.
+        wall_time: Seconds the evaluation took.
+        results: Per-example results, in dev-set order.
+    """
+
+    score: float
+    ci95: tuple[float, float]
+    pass_rate: float
+    n: int
+    failures: int
+    slices: dict[str, dict[str, float]]
+    usage: dict[str, float]
+    wall_time: float
+    results: list[ExampleResult]
+
+    def summary(self) -> dict[str, Any]:
+        """The aggregate as JSON-ready data (no per-example results)."""
+        data = dataclasses.asdict(self)
+        data.pop("results")
+        data["ci95"] = list(self.ci95)
+        return data
+
+    def format(self) -> str:
+        """A short readable report."""
+        lo, hi = self.ci95
+        lines = [
+            f"score {self.score:.3f} (95% CI {lo:.3f}–{hi:.3f}) on {self.n} examples, "
+            f"{self.failures} failed, {self.usage.get('calls', 0):.0f} LM calls, "
+            f"{self.wall_time:.1f} s"
+        ]
+        for tag, s in sorted(self.slices.items()):
+            lines.append(f"  {tag}: {s['score']:.3f} (n={s['n']:.0f})")
+        return "\n".join(lines)
+
+
+def confidence_interval(scores: Sequence[float], z: float = 1.96) -> tuple[float, float]:
+    """95% interval: Wilson for 0/1 scores, normal approximation otherwise."""
+    n = len(scores)
+    if n == 0:
+        return (0.0, 0.0)
+    mean = sum(scores) / n
+    if all(s in (0.0, 1.0) for s in scores):
+        denom = 1 + z * z / n
+        centre = (mean + z * z / (2 * n)) / denom
+        half = z * math.sqrt(mean * (1 - mean) / n + z * z / (4 * n * n)) / denom
+        return (max(0.0, centre - half), min(1.0, centre + half))
+    var = sum((s - mean) ** 2 for s in scores) / max(1, n - 1)
+    half = z * math.sqrt(var / n)
+    return (mean - half, mean + half)
+
+
+class Evaluate:
+    """Evaluate ``graph`` on ``devset`` with ``metric``; ``await`` it for the result.
+
+    Example:
+        >>> result = await Evaluate(graph, devset, exact_match(), concurrency=8)  # doctest: +SKIP
+        >>> print(result.format())  # doctest: +SKIP
+
+    Args:
+        graph: The program to evaluate.
+        devset: Examples (or dicts) holding the graph's inputs and the labels.
+        metric: ``metric(example, prediction, trace) -> float | bool``.
+        concurrency: Examples in flight at once (the LM's own limit still applies).
+        threshold: Score at or above which an example passes.
+        lm: Default LM for the run, if not set by context.
+        progress: Show a progress bar (None: only on a terminal).
+        run_dir: If given, write a run record there (config, per-example scores, summary).
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        devset: Sequence[Example | Mapping[str, Any]],
+        metric: Metric,
+        *,
+        concurrency: int = 16,
+        threshold: float = 1.0,
+        lm: LM | None = None,
+        progress: bool | None = None,
+        run_dir: str | Path | None = None,
+    ) -> None:
+        self.graph = graph
+        self.devset = [e if isinstance(e, Example) else Example(e) for e in devset]
+        self.metric = metric
+        self.concurrency = concurrency
+        self.threshold = threshold
+        self.lm = lm
+        self.progress = progress
+        self.run_dir = run_dir
+
+    def __await__(self) -> Generator[Any, None, EvaluationResult]:
+        return self.run().__await__()
+
+    async def run(self) -> EvaluationResult:
+        """Run the evaluation and return its result."""
+        recorder = RunRecorder.create(self.run_dir, kind="evaluate", config=self._config())
+        t0 = time.perf_counter()
+        batch = await self.graph.batch(
+            self.devset, concurrency=self.concurrency, lm=self.lm, progress=self.progress
+        )
+        results = [self._score(b) for b in batch]
+        result = _aggregate(results, time.perf_counter() - t0)
+        if recorder is not None:
+            recorder.write_results(results)
+            recorder.finish(result.summary())
+        return result
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "graph": self.graph.name,
+            "metric": metric_name(self.metric),
+            "n": len(self.devset),
+            "concurrency": self.concurrency,
+            "threshold": self.threshold,
+        }
+
+    def _score(self, batch_result: Any) -> ExampleResult:
+        example = self.devset[batch_result.index]
+        pred, error = batch_result.prediction, batch_result.error
+        score = 0.0
+        if pred is not None:
+            try:
+                value = self.metric(example, pred, batch_result.trace)
+                score = score_value(value, metric_name=metric_name(self.metric))
+            except Exception as exc:
+                error = {"type": type(exc).__name__, "message": f"metric failed: {exc}"}
+        return ExampleResult(
+            index=batch_result.index,
+            example=example,
+            prediction=pred,
+            score=score,
+            passed=error is None and score >= self.threshold,
+            error=error,
+            trace=batch_result.trace,
+        )
+
+
+def _aggregate(results: list[ExampleResult], wall_time: float) -> EvaluationResult:
+    scores = [r.score for r in results]
+    by_tag: dict[str, list[float]] = defaultdict(list)
+    for r in results:
+        for tag in r.example.tags:
+            by_tag[tag].append(r.score)
+    usage: dict[str, float] = defaultdict(float)
+    for r in results:
+        if r.trace is not None:
+            for key, value in r.trace.usage().items():
+                usage[key] += value
+    n = len(results)
+    return EvaluationResult(
+        score=sum(scores) / n if n else 0.0,
+        ci95=confidence_interval(scores),
+        pass_rate=sum(r.passed for r in results) / n if n else 0.0,
+        n=n,
+        failures=sum(r.error is not None for r in results),
+        slices={t: {"score": sum(v) / len(v), "n": len(v)} for t, v in by_tag.items()},
+        usage=dict(usage),
+        wall_time=wall_time,
+        results=results,
+    )

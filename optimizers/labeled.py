@@ -1,0 +1,40 @@
+"""LabeledFewShot: demos straight from labelled examples."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from rhizome.optimizers.base import as_examples, labeled_demo, shuffled
+
+if TYPE_CHECKING:
+    from rhizome.engine.example import Example
+    from rhizome.engine.graph import Graph
+
+
+class LabeledFewShot:
+    """Give every LM node up to ``k`` demos taken from the trainset's labelled fields.
+
+    A node gets a labelled demo only when the example holds at least one of
+    its inputs and one of its outputs (an answerer whose ``context`` comes from
+    retrieval still learns the question -> answer mapping).
+
+    Args:
+        k: Demos per predictor.
+        seed: Shuffle seed; ``None`` keeps trainset order.
+    """
+
+    def __init__(self, k: int = 8, *, seed: int | None = 0) -> None:
+        self.k = k
+        self.seed = seed
+
+    async def optimize(self, graph: Graph, trainset: Sequence[Example | Mapping[str, Any]]) -> Graph:
+        """Return a copy of ``graph`` with labelled demos in every predictor."""
+        examples = as_examples(trainset)
+        if self.seed is not None:
+            examples = shuffled(examples, self.seed)
+        new = graph.copy()
+        for _, predictor in new.named_predictors():
+            demos = [d for e in examples if (d := labeled_demo(predictor, e)) is not None]
+            predictor.demos = demos[: self.k]
+        return new

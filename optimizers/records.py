@@ -1,0 +1,104 @@
+"""Run records: a directory per evaluation or optimization saying what was tried and what it cost.
+
+Layout of a run directory::
+
+    run.json        kind, start time, configuration, seed, status, summary
+    results.jsonl   one line per evaluated example (evaluations)
+    trials.jsonl    one line per trial (optimizations): parameters tried, score, usage
+    traces.jsonl    a sample of traces
+    program.json    the final program (optimizations)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from rhizome.engine.trace import jsonable
+
+TRACE_SAMPLE = 20
+
+
+class RunRecorder:
+    """Writes one run directory; every write is flushed so an interrupted run leaves a record."""
+
+    def __init__(self, path: Path, *, kind: str, config: dict[str, Any]) -> None:
+        self.path = path
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._meta: dict[str, Any] = {
+            "kind": kind,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "config": jsonable(config),
+            "status": "running",
+        }
+        self._t0 = time.perf_counter()
+        self._write_meta()
+
+    @classmethod
+    def create(
+        cls, run_dir: str | Path | None, *, kind: str, config: dict[str, Any]
+    ) -> RunRecorder | None:
+        """A recorder for ``run_dir``, or None when no directory was asked for."""
+        if run_dir is None:
+            return None
+        return cls(Path(run_dir), kind=kind, config=config)
+
+    def _write_meta(self) -> None:
+        tmp = self.path / "run.json.tmp"
+        tmp.write_text(json.dumps(self._meta, indent=2, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, self.path / "run.json")
+
+    def append(self, name: str, row: dict[str, Any]) -> None:
+        """Append one JSON line to ``name`` (``trials.jsonl`` ...)."""
+        with open(self.path / name, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(jsonable(row), ensure_ascii=False) + "\n")
+
+    def write_results(self, results: Iterable[Any]) -> None:
+        """Write per-example results and a sample of their traces."""
+        sampled = 0
+        for r in results:
+            self.append(
+                "results.jsonl",
+                {
+                    "index": r.index,
+                    "score": r.score,
+                    "passed": r.passed,
+                    "error": r.error,
+                    "example": r.example.to_dict(),
+                    "prediction": r.prediction.to_dict() if r.prediction is not None else None,
+                },
+            )
+            if r.trace is not None and sampled < TRACE_SAMPLE:
+                self.append("traces.jsonl", {"index": r.index, "trace": r.trace.to_dict()})
+                sampled += 1
+
+    def write_program(self, program_json: str) -> None:
+        """Save the final program JSON as ``program.json``."""
+        (self.path / "program.json").write_text(program_json, encoding="utf-8")
+
+    def finish(self, summary: dict[str, Any], *, status: str = "finished") -> None:
+        """Record the summary, status and wall time."""
+        self._meta.update(
+            status=status,
+            summary=jsonable(summary),
+            wall_time=time.perf_counter() - self._t0,
+            finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        )
+        self._write_meta()
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Read a JSONL file, skipping a torn last line left by an interrupted write."""
+    rows: list[dict[str, Any]] = []
+    if not path.exists():
+        return rows
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows

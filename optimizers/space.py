@@ -1,0 +1,266 @@
+"""Search spaces: the candidate values of every tunable slot of every node.
+
+A :class:`SearchSpace` is a list of :class:`Dimension` s, one per slot
+(``"answer.instruction"``, ``"answer.demos"``, ``"answer.temperature"``,
+``"answer.lm"``, ``"retrieve.k"``), each with a list of candidate values. A
+configuration picks one option index per dimension, and :meth:`SearchSpace.apply`
+turns it into a new graph. Spaces are plain JSON, so a search saves its space
+and a resumed search reuses it instead of paying to build it again.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from rhizome.engine.errors import ConfigError
+from rhizome.engine.trace import jsonable
+from rhizome.optimizers.bootstrap import BootstrapFewShot
+from rhizome.optimizers.labeled import LabeledFewShot
+
+if TYPE_CHECKING:
+    from rhizome.engine.example import Example
+    from rhizome.engine.graph import Graph
+    from rhizome.engine.lm import LM
+    from rhizome.engine.node import Node
+    from rhizome.optimizers.metrics import Metric
+
+SLOTS = ("instruction", "demos", "temperature", "lm", "k")
+Demos = list[dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Dimension:
+    """The candidate values of one slot.
+
+    Attributes:
+        path: The predictor path (``"answer"``, ``"agent.step"``) or, for ``k``, the node path.
+        slot: One of ``instruction``, ``demos``, ``temperature``, ``lm``, ``k``.
+        options: Candidate values; option 0 is the graph's own value. For ``lm``
+            the values are indices into the search's ``lms`` (None keeps the node's LM).
+        labels: A short description of each option, for logs and reports.
+    """
+
+    path: str
+    slot: str
+    options: tuple[Any, ...]
+    labels: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        """The parameter name, ``path.slot``."""
+        return f"{self.path}.{self.slot}"
+
+
+class SearchSpace:
+    """Candidate values for every searched slot, and how to apply a choice to a graph.
+
+    Args:
+        dims: The dimensions, in a stable order.
+    """
+
+    def __init__(self, dims: Sequence[Dimension]) -> None:
+        names = [d.name for d in dims]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"a search space names a slot twice: {names}")
+        self.dims = list(dims)
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Number of options per dimension name."""
+        return {d.name: len(d.options) for d in self.dims}
+
+    def default(self) -> dict[str, int]:
+        """The configuration that keeps every slot as the graph had it."""
+        return dict.fromkeys(self.sizes, 0)
+
+    def apply(self, graph: Graph, config: Mapping[str, int], *, lms: Sequence[LM] = ()) -> Graph:
+        """A copy of ``graph`` with each dimension set to its chosen option."""
+        new = graph.copy()
+        predictors = dict(new.named_predictors())
+        nodes = dict(walk_nodes(new))
+        for dim in self.dims:
+            value = dim.options[config.get(dim.name, 0)]
+            if dim.slot == "k":
+                nodes[dim.path].k = value  # type: ignore[attr-defined]
+                continue
+            predictor = predictors[dim.path]
+            if dim.slot == "instruction":
+                predictor.instruction = str(value)
+            elif dim.slot == "demos":
+                predictor.demos = copy.deepcopy(list(value))
+            elif dim.slot == "temperature":
+                predictor.temperature = value
+            elif dim.slot == "lm" and value is not None:
+                predictor.lm = lms[value]
+        return new
+
+    def describe(self, config: Mapping[str, int]) -> dict[str, str]:
+        """The label of each chosen option, by dimension name."""
+        return {d.name: d.labels[config.get(d.name, 0)] for d in self.dims}
+
+    def to_json(self) -> dict[str, Any]:
+        """The space as JSON-ready data."""
+        return {
+            "dims": [
+                {
+                    "path": d.path,
+                    "slot": d.slot,
+                    "options": jsonable(list(d.options)),
+                    "labels": list(d.labels),
+                }
+                for d in self.dims
+            ]
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SearchSpace:
+        """Read data written by :meth:`to_json`."""
+        try:
+            dims = [
+                Dimension(
+                    path=str(d["path"]),
+                    slot=str(d["slot"]),
+                    options=tuple(d["options"]),
+                    labels=tuple(str(x) for x in d["labels"]),
+                )
+                for d in data["dims"]
+            ]
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"a saved search space is malformed ({exc}); delete it") from exc
+        return cls(dims)
+
+    def normalized(self) -> SearchSpace:
+        """The same space after a JSON round trip, so fresh and resumed runs see equal values."""
+        return SearchSpace.from_json(json.loads(json.dumps(self.to_json())))
+
+    def check_fits(self, graph: Graph) -> None:
+        """Raise ConfigError when the space names predictors or nodes the graph lacks."""
+        known = {p for p, _ in graph.named_predictors()} | {p for p, _ in walk_nodes(graph)}
+        missing = sorted({d.path for d in self.dims} - known)
+        if missing:
+            raise ConfigError(
+                f"the saved search space names {missing}, which this graph does not have; "
+                "resume only with the graph that started the run, or use a new run_dir"
+            )
+
+
+def walk_nodes(graph: Graph, prefix: str = "") -> Iterator[tuple[str, Node]]:
+    """Yield ``(path, node)`` for every node, descending into nested graphs."""
+    from rhizome.engine.graph import Graph
+
+    for name, node in graph.nodes.items():
+        path = f"{prefix}{name}"
+        yield path, node
+        if isinstance(node, Graph):
+            yield from walk_nodes(node, f"{path}.")
+
+
+def retrieval_nodes(graph: Graph) -> list[tuple[str, Node]]:
+    """Nodes with an integer ``k`` attribute (retrievers), by path."""
+    return [
+        (path, node)
+        for path, node in walk_nodes(graph)
+        if isinstance(getattr(node, "k", None), int) and not isinstance(node.k, bool)  # type: ignore[attr-defined]
+    ]
+
+
+def _dedupe(options: Sequence[tuple[str, Any]]) -> tuple[tuple[Any, ...], tuple[str, ...]]:
+    values: list[Any] = []
+    labels: list[str] = []
+    seen: set[str] = set()
+    for label, value in options:
+        key = json.dumps(jsonable(value), sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            values.append(value)
+            labels.append(label)
+    return tuple(values), tuple(labels)
+
+
+def dimension(path: str, slot: str, options: Sequence[tuple[str, Any]]) -> Dimension:
+    """A dimension from ``(label, value)`` pairs, dropping repeated values (first label wins)."""
+    values, labels = _dedupe(options)
+    return Dimension(path=path, slot=slot, options=values, labels=labels)
+
+
+def scalar_dimensions(
+    graph: Graph,
+    *,
+    temperatures: Sequence[float] = (),
+    ks: Sequence[int] = (),
+    lms: Sequence[LM] = (),
+) -> list[Dimension]:
+    """Temperature and LM dimensions per predictor, ``k`` per retrieval node (when asked for)."""
+    dims: list[Dimension] = []
+    for path, predictor in graph.named_predictors():
+        if temperatures:
+            opts = [(f"t={predictor.temperature}", predictor.temperature)]
+            dims.append(
+                dimension(path, "temperature", opts + [(f"t={t}", t) for t in temperatures])
+            )
+        if lms:
+            bound = predictor.lm.name if predictor.lm is not None else "run default"
+            opts = [(bound, None)] + [(lm.name, i) for i, lm in enumerate(lms)]
+            dims.append(dimension(path, "lm", opts))
+    if ks:
+        for path, node in retrieval_nodes(graph):
+            current = node.k  # type: ignore[attr-defined]
+            dims.append(
+                dimension(path, "k", [(f"k={current}", current)] + [(f"k={k}", k) for k in ks])
+            )
+    return dims
+
+
+async def demo_candidates(
+    graph: Graph,
+    trainset: Sequence[Example],
+    metric: Metric,
+    *,
+    num_sets: int,
+    max_bootstrapped_demos: int,
+    max_labeled_demos: int,
+    seed: int,
+    threshold: float = 1.0,
+    concurrency: int = 16,
+    lm: LM | None = None,
+    teacher: Graph | None = None,
+) -> dict[str, list[tuple[str, Demos]]]:
+    """Candidate demo sets per predictor path: as given, zero-shot, labelled, bootstraps.
+
+    Bootstrap ``i`` shuffles the trainset with ``seed + i`` and keeps a random
+    number (1 to ``max_bootstrapped_demos``) of bootstrapped demos; the first
+    keeps the maximum.
+    """
+    out: dict[str, list[tuple[str, Demos]]] = {
+        path: [("as given", list(p.demos)), ("zero-shot", [])]
+        for path, p in graph.named_predictors()
+    }
+    if max_labeled_demos > 0:
+        labeled = await LabeledFewShot(max_labeled_demos, seed=seed).optimize(graph, trainset)
+        _collect(out, labeled, "labelled")
+    rng = random.Random(seed)
+    for i in range(num_sets):
+        size = max_bootstrapped_demos if i == 0 else rng.randint(1, max(1, max_bootstrapped_demos))
+        boot = BootstrapFewShot(
+            metric,
+            threshold=threshold,
+            max_bootstrapped_demos=size,
+            max_labeled_demos=max_labeled_demos,
+            teacher=teacher,
+            concurrency=concurrency,
+            lm=lm,
+            seed=seed + i,
+            progress=False,
+        )
+        _collect(out, await boot.optimize(graph, trainset), f"bootstrap {i} ({size} demos)")
+    return out
+
+
+def _collect(out: dict[str, list[tuple[str, Demos]]], graph: Graph, label: str) -> None:
+    for path, predictor in graph.named_predictors():
+        out[path].append((label, list(predictor.demos)))

@@ -1,0 +1,352 @@
+"""A real OpenAI-compatible chat server on 127.0.0.1 for tests.
+
+The server speaks HTTP/1.1 with keep-alive over a real socket, so the HTTP
+client is exercised exactly as against a remote endpoint. It runs an asyncio
+loop in a background thread of the test process, which keeps hundreds of
+concurrent keep-alive connections and thousands of requests cheap.
+
+Endpoints: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+
+Scripting:
+
+- ``server.responder = fn`` where ``fn(body) -> str | Reply``. It is called once
+  per requested choice (``n``); ``body`` is a shallow copy of the request JSON
+  with ``body["_choice_index"]`` set to the choice index (0-based). The first
+  choice decides the HTTP outcome: if it returns a ``Reply`` with a non-200
+  status, ``drop=True`` or a ``raw_body``, the request is answered with that at
+  once and the other choices are not asked for.
+- ``server.script([...])`` queues replies consumed (one per responder call)
+  before the responder is asked.
+- ``server.requests`` holds every request body received (JSON), and
+  ``server.request_headers`` their headers (lower-cased names).
+
+Example:
+    >>> server.script([Reply(status=429, headers={"Retry-After": "0"}), "hello"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from typing import Any
+
+
+@dataclasses.dataclass(kw_only=True)
+class Reply:
+    """One scripted answer of the test server.
+
+    Attributes:
+        text: The assistant message content (or the error message for non-200).
+        status: HTTP status to answer with.
+        delay: Seconds to wait before answering.
+        headers: Extra response headers (``Retry-After`` ...).
+        tool_calls: Tool calls as ``{"name": ..., "arguments": str | dict}``.
+        raw_body: Sent verbatim as the body instead of a chat completion.
+        drop: Close the connection without answering.
+        usage: ``(prompt_tokens, completion_tokens)``; default counts words.
+        finish_reason: Overrides ``"stop"`` / ``"tool_calls"``.
+    """
+
+    text: str = ""
+    status: int = 200
+    delay: float = 0.0
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    tool_calls: list[dict[str, Any]] | None = None
+    raw_body: str | None = None
+    drop: bool = False
+    usage: tuple[int, int] | None = None
+    finish_reason: str | None = None
+
+    @property
+    def final(self) -> bool:
+        """True when this reply decides the whole HTTP answer by itself."""
+        return self.status != 200 or self.drop or self.raw_body is not None
+
+
+Responder = Callable[[dict[str, Any]], "str | Reply"]
+
+
+def _default_responder(body: dict[str, Any]) -> str:
+    return "ok"
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _prompt_tokens(body: dict[str, Any]) -> int:
+    return sum(_words(str(m.get("content") or "")) for m in body.get("messages") or ())
+
+
+class OpenAIServer:
+    """An in-process OpenAI-compatible HTTP server (see the module docstring)."""
+
+    Reply = Reply
+
+    def __init__(self, *, model: str = "test-model") -> None:
+        self.model = model
+        self.responder: Responder = _default_responder
+        self.requests: list[dict[str, Any]] = []
+        self.request_headers: list[dict[str, str]] = []
+        self.errors: list[BaseException] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.connections_opened = 0
+        self._script: deque[str | Reply] = deque()
+        self._lock = threading.Lock()
+        self._count = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    # ---- public helpers -------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The base URL to give a client: ``http://127.0.0.1:PORT/v1``."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def request_count(self) -> int:
+        """How many chat-completion requests arrived so far."""
+        with self._lock:
+            return self._count
+
+    def script(self, replies: Iterable[str | Reply]) -> None:
+        """Queue replies handed out before falling back to ``responder``."""
+        with self._lock:
+            self._script.extend(replies)
+
+    def reset(self) -> None:
+        """Forget recorded requests, counters and the script."""
+        with self._lock:
+            self.requests.clear()
+            self.request_headers.clear()
+            self.errors.clear()
+            self._script.clear()
+            self._count = 0
+            self.max_in_flight = self.in_flight
+
+    # ---- lifecycle --------------------------------------------------------
+
+    def start(self) -> OpenAIServer:
+        """Start serving on a free port; returns self once it accepts connections."""
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self._thread.start()
+        if not ready.wait(10) or self._server is None:
+            raise RuntimeError("test server did not start within 10 s")
+        return self
+
+    def stop(self) -> None:
+        """Close every connection and stop the server thread."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        self._loop = self._thread = None
+
+    def __enter__(self) -> OpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self, ready: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            self._server = loop.run_until_complete(
+                asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=2048)
+            )
+            self.port = self._server.sockets[0].getsockname()[1]
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            ready.set()
+            loop.close()
+
+    async def _shutdown(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    # ---- HTTP -------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)  # type: ignore[arg-type]
+        self.connections_opened += 1
+        try:
+            while await self._one_request(reader, writer):
+                pass
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        except asyncio.CancelledError:
+            # Only stop() cancels these connection tasks; ending quietly keeps asyncio
+            # from logging every open connection as a failed callback.
+            pass
+        finally:
+            self._tasks.discard(task)  # type: ignore[arg-type]
+            writer.close()
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+                await writer.wait_closed()
+
+    async def _one_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Answer one request; False when the connection should close."""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return False
+        lines = head.decode("latin-1").split("\r\n")
+        method, path, _ = lines[0].split(" ", 2)
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                name, value = line.split(":", 1)
+                headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length") or 0)
+        raw = await reader.readexactly(length) if length else b""
+        keep = headers.get("connection", "").lower() != "close"
+        if method == "GET" and path.rstrip("/").endswith("/models"):
+            models = {"object": "list", "data": [{"id": self.model, "object": "model"}]}
+            await _write(writer, 200, json.dumps(models), {})
+            return keep
+        if method != "POST" or not path.rstrip("/").endswith("/chat/completions"):
+            await _write(writer, 404, _error_body(f"no route {method} {path}"), {})
+            return keep
+        return await self._chat(raw, headers, writer) and keep
+
+    async def _chat(self, raw: bytes, headers: dict[str, str], writer: asyncio.StreamWriter) -> bool:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            await _write(writer, 400, _error_body("request body is not JSON"), {})
+            return True
+        with self._lock:
+            self._count += 1
+            self.requests.append(body)
+            self.request_headers.append(headers)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            replies = self._replies(body)
+            first = replies[0]
+            if first.delay:
+                await asyncio.sleep(first.delay)
+            if first.drop:
+                writer.transport.abort()
+                return False
+            if first.raw_body is not None:
+                await _write(writer, first.status, first.raw_body, first.headers)
+            elif first.status != 200:
+                await _write(writer, first.status, _error_body(first.text), first.headers)
+            else:
+                payload = self._completion(body, replies)
+                await _write(writer, 200, payload, first.headers)
+            return True
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _next(self, body: dict[str, Any]) -> Reply:
+        with self._lock:
+            item = self._script.popleft() if self._script else None
+        if item is None:
+            try:
+                item = self.responder(body)
+            except Exception as exc:  # report the responder's bug as a 500
+                self.errors.append(exc)
+                return Reply(status=500, text=f"responder raised {exc!r}")
+        return item if isinstance(item, Reply) else Reply(text=str(item))
+
+    def _replies(self, body: dict[str, Any]) -> list[Reply]:
+        replies: list[Reply] = []
+        for index in range(int(body.get("n") or 1)):
+            reply = self._next({**body, "_choice_index": index})
+            if reply.final:
+                return [reply]
+            replies.append(reply)
+        return replies
+
+    def _completion(self, body: dict[str, Any], replies: list[Reply]) -> str:
+        choices = []
+        completion_tokens = 0
+        prompt_tokens = _prompt_tokens(body)
+        for index, reply in enumerate(replies):
+            message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+            finish = "stop"
+            if reply.tool_calls:
+                message["tool_calls"] = [_tool_call(i, call) for i, call in enumerate(reply.tool_calls)]
+                message["content"] = reply.text or None
+                finish = "tool_calls"
+            choices.append(
+                {"index": index, "message": message, "finish_reason": reply.finish_reason or finish}
+            )
+            if reply.usage is not None:
+                prompt_tokens, done = reply.usage
+                completion_tokens += done
+            else:
+                completion_tokens += _words(reply.text)
+        with self._lock:
+            number = self._count
+        return json.dumps(
+            {
+                "id": f"chatcmpl-{number}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model") or self.model,
+                "choices": choices,
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            }
+        )
+
+
+def _tool_call(index: int, call: dict[str, Any]) -> dict[str, Any]:
+    arguments = call.get("arguments", "{}")
+    if not isinstance(arguments, str):
+        arguments = json.dumps(arguments)
+    return {
+        "id": call.get("id") or f"call_{index}",
+        "type": "function",
+        "function": {"name": call["name"], "arguments": arguments},
+    }
+
+
+def _error_body(message: str) -> str:
+    return json.dumps({"error": {"message": message or "error", "type": "test_error"}})
+
+
+async def _write(
+    writer: asyncio.StreamWriter, status: int, body: str, headers: dict[str, str]
+) -> None:
+    data = body.encode()
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Status"
+    head = [f"HTTP/1.1 {status} {reason}", "Content-Type: application/json"]
+    head.append(f"Content-Length: {len(data)}")
+    head.extend(f"{name}: {value}" for name, value in headers.items())
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
+    await writer.drain()

@@ -1,0 +1,1 @@
+"""Data files shipped with rhizome.tools: the all-MiniLM-L6-v2 tokenizer (see NOTICE)."""
