@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import inspect
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -297,7 +298,9 @@ async def run_predictor(
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     call = _Call.start(predictor, inputs)
-    prompt = call.adapter.render(predictor, call.inputs)
+    prompt = call.adapter.render(
+        predictor, call.inputs, demos=await _select_demos(predictor, call.inputs)
+    )
     schema_ok = call.lm.capabilities.json_schema
     request = LMRequest(
         messages=prompt.messages,
@@ -447,3 +450,12 @@ def _checked_inputs(signature: Signature, inputs: Mapping[str, Any], path: str) 
             f"predictor {path!r} is missing input {names}; its inputs are: {expected}"
         )
     return {name: inputs[name] for name in signature.inputs}
+
+
+async def _select_demos(predictor: Predictor, inputs: Mapping[str, Any]) -> list[Any] | None:
+    """Per-input demos from the predictor's ``demo_selector`` (kNN), else None for its own."""
+    selector = predictor.demo_selector
+    if selector is None:
+        return None
+    chosen = selector(dict(inputs))
+    return list(await chosen if inspect.isawaitable(chosen) else chosen)

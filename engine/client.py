@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import anyio
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rhizome.engine.cache import ResponseCache, default_cache
 from rhizome.engine.errors import (
@@ -75,6 +75,27 @@ _HINTS = {
 
 
 # ---- wire format (pydantic) ----------------------------------------------
+
+
+class ChatRequest(BaseModel):
+    """The body of a chat-completion request as sent; unset options are left out.
+
+    The client builds this body as a plain dict on its hot path (a model there
+    costs more than it checks); tests validate what servers receive against it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    messages: list[dict[str, Any]]
+    temperature: float | None = None
+    max_tokens: int | None = None
+    n: int | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
 
 
 class WireFunction(BaseModel):

@@ -16,6 +16,7 @@ Tunable slots (the parameter names are ``<node path>[.<role>].<slot>``):
 from __future__ import annotations
 
 import copy
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from rhizome.engine.signature import Signature
@@ -23,6 +24,8 @@ from rhizome.engine.signature import Signature
 if TYPE_CHECKING:
     from rhizome.engine.adapters import Adapter
     from rhizome.engine.lm import LM
+
+DemoSelector = Callable[[dict[str, Any]], "Awaitable[list[dict[str, Any]]] | list[dict[str, Any]]"]
 
 SLOTS = ("instruction", "demos", "temperature")
 
@@ -61,6 +64,8 @@ class Predictor:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.adapter = adapter
+        # Chooses demos per input at run time (kNN few-shot); shared by copies, never saved.
+        self.demo_selector: DemoSelector | None = None
 
     def copy(self) -> Predictor:
         """An independent copy: demos deep-copied, LM and adapter shared."""

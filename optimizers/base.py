@@ -23,12 +23,16 @@ if TYPE_CHECKING:
 class Optimizer(Protocol):
     """Anything with ``async optimize(graph, trainset) -> Graph``."""
 
-    async def optimize(self, graph: Graph, trainset: Sequence[Example | Mapping[str, Any]]) -> Graph:
+    async def optimize(
+        self, graph: Graph, trainset: Sequence[Example | Mapping[str, Any]]
+    ) -> Graph:
         """Return a new, optimized copy of ``graph``."""
         ...
 
 
-def as_examples(data: Sequence[Example | Mapping[str, Any]], *, what: str = "trainset") -> list[Example]:
+def as_examples(
+    data: Sequence[Example | Mapping[str, Any]], *, what: str = "trainset"
+) -> list[Example]:
     """Coerce dicts to Examples; refuse an empty set with a clear message."""
     out = [e if isinstance(e, Example) else Example(e) for e in data]
     if not out:

@@ -22,7 +22,7 @@ from rhizome.optimizers.base import (
     labeled_demo,
     shuffled,
 )
-from rhizome.optimizers.metrics import Metric, metric_name, passes
+from rhizome.optimizers.metrics import Metric, call_metric
 
 if TYPE_CHECKING:
     from rhizome.engine.example import Example
@@ -84,7 +84,9 @@ class BootstrapFewShot:
         self.progress = progress
         self.report = BootstrapReport()
 
-    async def optimize(self, graph: Graph, trainset: Sequence[Example | Mapping[str, Any]]) -> Graph:
+    async def optimize(
+        self, graph: Graph, trainset: Sequence[Example | Mapping[str, Any]]
+    ) -> Graph:
         """Return a copy of ``graph`` whose predictors hold bootstrapped demos."""
         examples = shuffled(as_examples(trainset), self.seed)
         student = graph.copy()
@@ -120,20 +122,20 @@ class BootstrapFewShot:
                 if self._full(demos):
                     break
                 index = todo[pos]
-                if self._keep(examples[index], result):
+                if await self._keep(examples[index], result):
                     used.add(index)
                     self.report.kept_indices.append(index)
                     for path, found in demos_from_trace(result.trace, paths).items():
                         demos[path].extend(found[:1])
         return demos, used
 
-    def _keep(self, example: Example, result: Any) -> bool:
+    async def _keep(self, example: Example, result: Any) -> bool:
         self.report.tried += 1
         if result.prediction is None or result.trace is None:
             self.report.failed += 1
             return False
-        score = self.metric(example, result.prediction, result.trace)
-        keep = passes(score, self.threshold, metric_name=metric_name(self.metric))
+        score = await call_metric(self.metric, example, result.prediction, result.trace)
+        keep = score >= self.threshold
         if keep:
             self.report.kept += 1
         else:

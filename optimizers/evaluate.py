@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rhizome.engine.example import Example, Prediction
-from rhizome.optimizers.metrics import Metric, metric_name, score_value
+from rhizome.optimizers.metrics import Metric, call_metric, metric_name
 from rhizome.optimizers.records import RunRecorder
 
 if TYPE_CHECKING:
@@ -159,7 +159,7 @@ class Evaluate:
         batch = await self.graph.batch(
             self.devset, concurrency=self.concurrency, lm=self.lm, progress=self.progress
         )
-        results = [self._score(b) for b in batch]
+        results = [await self._score(b) for b in batch]
         result = _aggregate(results, time.perf_counter() - t0)
         if recorder is not None:
             recorder.write_results(results)
@@ -175,14 +175,13 @@ class Evaluate:
             "threshold": self.threshold,
         }
 
-    def _score(self, batch_result: Any) -> ExampleResult:
+    async def _score(self, batch_result: Any) -> ExampleResult:
         example = self.devset[batch_result.index]
         pred, error = batch_result.prediction, batch_result.error
         score = 0.0
         if pred is not None:
             try:
-                value = self.metric(example, pred, batch_result.trace)
-                score = score_value(value, metric_name=metric_name(self.metric))
+                score = await call_metric(self.metric, example, pred, batch_result.trace)
             except Exception as exc:
                 error = {"type": type(exc).__name__, "message": f"metric failed: {exc}"}
         return ExampleResult(

@@ -13,7 +13,9 @@ minibatch score is scored on the whole set, and the best full score wins.
 Each trial also records its cost per example (tokens when the LMs have no
 prices), and :attr:`JointSearch.pareto` is the score/cost front. A
 :class:`~rhizome.optimizers.trials.Budget` stops the search from starting
-more work once it is spent. Trials run ``parallel`` at a time in rounds; each round is asked for from the
+more work once it is spent.
+
+Trials run ``parallel`` at a time in rounds; each round is asked for from the
 finished rounds only, so a run is a pure function of its seed (and the LM's
 replies). Every finished trial is a line of ``trials.jsonl``; a run started on
 a directory that holds one resumes: it reuses the saved search space, skips
@@ -22,7 +24,6 @@ the finished trials, and ends where an uninterrupted run would have.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -37,7 +38,14 @@ from rhizome.optimizers.evaluate import Evaluate
 from rhizome.optimizers.metrics import Metric, metric_name
 from rhizome.optimizers.propose import propose_instructions
 from rhizome.optimizers.records import RunRecorder
-from rhizome.optimizers.space import SearchSpace, demo_candidates, dimension, scalar_dimensions
+from rhizome.optimizers.space import (
+    SearchSpace,
+    demo_candidates,
+    dimension,
+    load_space,
+    save_space,
+    scalar_dimensions,
+)
 from rhizome.optimizers.trials import (
     Budget,
     ParetoPoint,
@@ -55,8 +63,6 @@ if TYPE_CHECKING:
     from rhizome.engine.example import Example
     from rhizome.engine.graph import Graph
     from rhizome.engine.lm import LM
-
-SPACE_FILE = "space.json"
 
 
 class JointSearch:
@@ -239,37 +245,14 @@ class JointSearch:
 
     async def _space(self, graph: Graph, examples: list[Example], valset_size: int) -> SearchSpace:
         settings = self._settings(valset_size)
-        path = self.run_dir / SPACE_FILE if self.run_dir is not None else None
-        if path is not None and path.exists():
-            saved = json.loads(path.read_text(encoding="utf-8"))
-            if saved.get("settings") != settings:
-                raise ConfigError(
-                    f"{self.run_dir} holds a search with different settings "
-                    f"({saved.get('settings')}); resume with the same ones, or use a new run_dir"
-                )
-            space = SearchSpace.from_json(saved["space"])
-            space.check_fits(graph)
-            self._check_lms(space)
-            return space
-        if path is not None and (path.parent / "trials.jsonl").exists():
-            raise ConfigError(
-                f"{self.run_dir} holds trials but no {SPACE_FILE}; it was not written by "
-                "JointSearch: use a new run_dir"
-            )
+        if self.run_dir is not None:
+            saved = load_space(self.run_dir, settings, graph, num_lms=len(self.lms))
+            if saved is not None:
+                return saved
         space = (await self._build_space(graph, examples)).normalized()
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            data = {"settings": settings, "space": space.to_json()}
-            path.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
+        if self.run_dir is not None:
+            save_space(self.run_dir, settings, space)
         return space
-
-    def _check_lms(self, space: SearchSpace) -> None:
-        for dim in space.dims:
-            if dim.slot == "lm" and any(v is not None and v >= len(self.lms) for v in dim.options):
-                raise ConfigError(
-                    f"the saved search space chooses among more LMs than the {len(self.lms)} "
-                    "given; pass the same lms=[...] as the run that started it"
-                )
 
     async def _build_space(self, graph: Graph, examples: list[Example]) -> SearchSpace:
         demos = await demo_candidates(

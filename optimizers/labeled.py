@@ -28,7 +28,9 @@ class LabeledFewShot:
         self.k = k
         self.seed = seed
 
-    async def optimize(self, graph: Graph, trainset: Sequence[Example | Mapping[str, Any]]) -> Graph:
+    async def optimize(
+        self, graph: Graph, trainset: Sequence[Example | Mapping[str, Any]]
+    ) -> Graph:
         """Return a copy of ``graph`` with labelled demos in every predictor."""
         examples = as_examples(trainset)
         if self.seed is not None:

@@ -8,6 +8,7 @@ the metric returned.
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 import string
@@ -39,6 +40,19 @@ def score_value(value: object, *, metric_name: str = "metric") -> float:
         f"{metric_name} returned {type(value).__name__} {value!r}; a metric must return a "
         "bool or a number (float)"
     )
+
+
+async def call_metric(
+    metric: Callable[..., Any],
+    example: Mapping[str, Any],
+    prediction: Mapping[str, Any],
+    trace: Trace | None,
+) -> float:
+    """Call a metric (sync, or async like the LLM judge) and return its score as a float."""
+    value = metric(example, prediction, trace)
+    if inspect.isawaitable(value):
+        value = await value
+    return score_value(value, metric_name=metric_name(metric))
 
 
 def passes(value: object, threshold: float = 1.0, *, metric_name: str = "metric") -> bool:

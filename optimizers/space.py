@@ -15,6 +15,7 @@ import dataclasses
 import json
 import random
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rhizome.engine.errors import ConfigError
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from rhizome.optimizers.metrics import Metric
 
 SLOTS = ("instruction", "demos", "temperature", "lm", "k")
+SPACE_FILE = "space.json"
 Demos = list[dict[str, Any]]
 
 
@@ -147,6 +149,49 @@ class SearchSpace:
                 f"the saved search space names {missing}, which this graph does not have; "
                 "resume only with the graph that started the run, or use a new run_dir"
             )
+
+
+def save_space(run_dir: Path, settings: Mapping[str, Any], space: SearchSpace) -> None:
+    """Write ``space.json``: the space and the settings that fix a search's trajectory."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = {"settings": dict(settings), "space": space.to_json()}
+    text = json.dumps(data, indent=1, ensure_ascii=False)
+    (run_dir / SPACE_FILE).write_text(text, encoding="utf-8")
+
+
+def load_space(
+    run_dir: Path, settings: Mapping[str, Any], graph: Graph, *, num_lms: int
+) -> SearchSpace | None:
+    """The space saved in ``run_dir`` (None when there is none yet).
+
+    Raises:
+        ConfigError: The saved search used other settings, names slots this
+            graph lacks, chooses among more LMs than given, or the directory
+            holds trials of something else.
+    """
+    path = run_dir / SPACE_FILE
+    if not path.exists():
+        if (run_dir / "trials.jsonl").exists():
+            raise ConfigError(
+                f"{run_dir} holds trials but no {SPACE_FILE}, so it was not written by a "
+                "search that can resume: use a new run_dir"
+            )
+        return None
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    if saved.get("settings") != dict(settings):
+        raise ConfigError(
+            f"{run_dir} holds a search with different settings ({saved.get('settings')}); "
+            "resume with the same ones, or use a new run_dir"
+        )
+    space = SearchSpace.from_json(saved["space"])
+    space.check_fits(graph)
+    for dim in space.dims:
+        if dim.slot == "lm" and any(v is not None and v >= num_lms for v in dim.options):
+            raise ConfigError(
+                f"the saved search space chooses among more LMs than the {num_lms} given; "
+                "pass the same lms=[...] as the run that started it"
+            )
+    return space
 
 
 def walk_nodes(graph: Graph, prefix: str = "") -> Iterator[tuple[str, Node]]:

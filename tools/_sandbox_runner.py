@@ -9,11 +9,13 @@ standard library only (``-I`` puts neither rhizome nor the script's folder on
 2. enters new user, network and PID namespaces when the kernel allows it (then the
    code runs in a grandchild that cannot see, signal or connect to anything outside);
 3. sets resource limits (CPU, address space, file size, open files, no core dumps);
-4. installs an audit hook (PEP 578) that cannot be removed and that refuses file
+4. removes the few functions CPython does not audit that reach outside (``mknod``,
+   ``mkfifo``, ``pidfd_open``, ``pidfd_send_signal``) and stubs ``_posixsubprocess``;
+5. installs an audit hook (PEP 578) that cannot be removed and that refuses file
    access outside the working directory (read-only access to the Python installation
    excepted), sockets other than local socket pairs, process creation, signals,
    ctypes, sub-interpreters, tracing and raising limits;
-5. writes one status line to stderr (the parent strips it) and runs the code.
+6. writes one status line to stderr (the parent strips it) and runs the code.
 
 The hook functions read nothing from module globals at call time: everything they
 use is bound as a positional default when they are defined, so user code cannot
@@ -115,20 +117,19 @@ def main() -> None:
 
 def _enter_namespaces() -> list[str]:
     """Unshare user+net+pid namespaces, or a net namespace alone; report what worked."""
+    uid, gid = os.geteuid(), os.getegid()
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-    except (ImportError, OSError):
-        return []
-    uid, gid = os.geteuid(), os.getegid()
-    try:
-        if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWPID) == 0:
+        unshare = ctypes.CDLL(None, use_errno=True).unshare
+        if unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWPID) == 0:
             _write_id_maps(uid, gid)
             return ["user-namespace", "network-namespace", "pid-namespace"]
-        if libc.unshare(CLONE_NEWNET) == 0:
+        if unshare(CLONE_NEWNET) == 0:
             return ["network-namespace"]
         return []
+    except (ImportError, OSError, AttributeError):
+        return []  # no ctypes, or no unshare() in this C library
     finally:
         for name in [m for m in sys.modules if m == "ctypes" or m.startswith("ctypes.")]:
             del sys.modules[name]
@@ -331,10 +332,13 @@ def _as_text(
 ) -> str | None:
     """A path argument as plain text, or None when it cannot be trusted."""
     kind = _type(value)
+    text: str
     if _issubclass(kind, _str):
-        return _str.__str__(value)  # an exact copy, whatever a subclass overrides
+        text = _str.__str__(value)  # an exact copy, whatever a subclass overrides
+        return text
     if _issubclass(kind, _bytes):
-        return _bytes.decode(value, "utf-8", "surrogateescape")
+        text = _bytes.decode(value, "utf-8", "surrogateescape")
+        return text
     if (
         kind in _path_types
         and _getattr(kind, "__fspath__") is _originals[0]

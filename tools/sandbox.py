@@ -37,25 +37,31 @@ reads no state that Python code can monkeypatch), before the code starts:
 - files: reading and writing only inside the temporary directory; reading (never
   writing) the Python installation so imports work; ``/dev/null`` and friends.
   Symlinks are resolved before checking; creating links is refused; directory fds
-  outside the directory are refused;
+  outside the directory and device nodes are refused;
 - sockets other than local ``socketpair``s, process creation (``subprocess``,
   ``os.system``, ``os.fork``, ``os.exec*``, ``posix_spawn``), ``os.kill``, ``ctypes``,
   native extensions from outside the installation, sub-interpreters, tracing hooks,
-  ``gc`` introspection and raising resource limits.
+  ``gc`` introspection and raising resource limits;
+- modules that open files by name inside C, where no audit event fires, cannot be
+  imported: ``sqlite3``, ``dbm.gnu``/``dbm.ndbm``, ``readline``, ``tkinter``,
+  ``multiprocessing.shared_memory``; nor can ``pwd``/``grp`` (account databases).
+  The unaudited ``os.mknod``, ``os.mkfifo``, ``os.pidfd_open`` and
+  ``signal.pidfd_send_signal`` are removed, and fresh copies of built-in modules
+  cannot be created.
 
 Not guaranteed:
 
-- Audit hooks see only operations that CPython audits. Unaudited calls remain:
-  ``os.stat`` (existence and metadata of any path), ``os.mkfifo``/``os.mknod`` inside
-  the directory (opening a device node is refused), ``os.pidfd_open`` and
-  ``signal.pidfd_send_signal`` (harmless inside a PID namespace; without one, the code
-  could signal other processes of the same user). A bug in CPython or in a native
-  extension that the code can reach may bypass the hook entirely; only the OS-level
-  barriers above survive that.
-- Without namespaces, the file rules are enforced by the hook alone and the code runs
-  as the parent's user; run the parent as an unprivileged user, or inside a container,
-  for a hard filesystem boundary.
+- There is no mount namespace or chroot: the file rules above are the hook's alone,
+  and the code runs with the parent's user id (mapped to itself in the user
+  namespace). A bug in CPython or in a reachable native extension may bypass the
+  hook; only the OS-level barriers above survive that. For a hard filesystem
+  boundary, run the parent as an unprivileged user or inside a container.
+- Operations CPython does not audit are not filtered: ``os.stat`` reveals whether
+  any path exists; C code in third-party extensions (and ``ssl`` loading certificate
+  files) may open files by name. A path object mutated by another thread between the
+  check and the open is a residual race.
 - Disk use is bounded per file (``max_file_bytes``), not in total.
+- Linux only: :meth:`PythonSandbox.run` refuses other platforms.
 """
 
 from __future__ import annotations
@@ -168,11 +174,15 @@ class PythonSandbox:
             )
         if self.max_open_files < 16:
             raise ConfigError("PythonSandbox.max_open_files must be at least 16")
-        if sys.platform != "linux" and sys.platform != "darwin":
-            raise ConfigError(f"PythonSandbox needs Linux or macOS, not {sys.platform}")
 
     async def run(self, code: str) -> SandboxResult:
-        """Run ``code`` in a fresh process and directory and return what happened."""
+        """Run ``code`` in a fresh process and directory and return what happened.
+
+        Raises:
+            ConfigError: Not on Linux (the limits and namespaces are Linux features).
+        """
+        if not sys.platform.startswith("linux"):
+            raise ConfigError(f"PythonSandbox runs on Linux only, not on {sys.platform}")
         workdir = await anyio.to_thread.run_sync(_make_workdir)
         try:
             return await self._run_in(code, workdir)

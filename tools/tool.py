@@ -144,7 +144,7 @@ class Tool:
     @functools.cached_property
     def parameters_schema(self) -> dict[str, Any]:
         """The JSON schema of the tool's parameters (an ``object`` schema)."""
-        schema = _strip_titles(self.arguments_model.model_json_schema())
+        schema: dict[str, Any] = _strip_titles(self.arguments_model.model_json_schema())
         schema.setdefault("properties", {})
         return schema
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -114,3 +115,17 @@ def test_rejects_programs_without_shared_outputs_and_bad_reduce() -> None:
         Ensemble([a], reduce="mean")
     with pytest.raises(ConfigError, match="at least one"):
         Ensemble([])
+
+
+async def test_saves_and_loads_like_any_graph(tmp_path: Path) -> None:
+    def make() -> Ensemble:
+        return Ensemble(
+            [Graph("qa").add("answer", Predict("question -> answer")) for _ in range(2)]
+        )
+
+    tuned = make()
+    for i, (_, predictor) in enumerate(tuned.named_predictors()):
+        predictor.instruction = f"member {i}"
+    tuned.save(tmp_path / "ensemble.json")
+    loaded = make().load(tmp_path / "ensemble.json")
+    assert [p.instruction for _, p in loaded.named_predictors()] == ["member 0", "member 1"]

@@ -66,7 +66,7 @@ def site() -> Iterator[Site]:
     state = Site(port=0)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     state.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     yield state
     server.shutdown()
@@ -116,7 +116,7 @@ async def test_disallowed_start_url_is_never_requested(site: Site) -> None:
 
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/x", "not a url"])
 async def test_only_http_urls(url: str) -> None:
-    with pytest.raises(FetchError, match="http and https|no host|not a valid URL"):
+    with pytest.raises(FetchError, match=r"http and https|no host|not a valid URL"):
         await fetcher("127.0.0.1").get(url)
 
 
@@ -169,7 +169,9 @@ def test_allow_list_rules() -> None:
     assert rules.allows("::1")
 
 
-@pytest.mark.parametrize("bad", [(), ("http://example.com",), ("example.com:80",), ("a/b",), ("*",)])
+@pytest.mark.parametrize(
+    "bad", [(), ("http://example.com",), ("example.com:80",), ("a/b",), ("*",)]
+)
 def test_bad_allow_lists(bad: tuple[str, ...]) -> None:
     with pytest.raises(ConfigError):
         HostAllowList(hosts=bad)

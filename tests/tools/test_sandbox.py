@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from rhizome.engine.errors import ConfigError
@@ -57,11 +58,12 @@ async def test_normal_code_runs_and_writes_inside_its_directory() -> None:
     lines = result.stdout.splitlines()
     assert lines[0] == "hello [1, 2]"
     assert lines[1] == "['data.txt', 'sub']"
-    workdir = Path(lines[2])
+    workdir = anyio.Path(lines[2])
     assert workdir.name.startswith("rhizome-sandbox-")
-    assert not workdir.exists(), "the temporary directory is removed after the run"
+    assert not await workdir.exists(), "the temporary directory is removed after the run"
     assert {"process", "rlimits", "audit-hooks"} <= set(result.isolation)
-    assert not result.timed_out and result.killed_reason is None
+    assert not result.timed_out
+    assert result.killed_reason is None
 
 
 async def test_errors_come_back_as_tracebacks() -> None:
@@ -71,7 +73,8 @@ async def test_errors_come_back_as_tracebacks() -> None:
     assert 'File "<sandbox>", line 2, in f' in result.stderr
     assert "_sandbox_runner" not in result.stderr
     syntax = await FAST.run("def broken(:\n")
-    assert syntax.returncode == 1 and "SyntaxError" in syntax.stderr
+    assert syntax.returncode == 1
+    assert "SyntaxError" in syntax.stderr
 
 
 @BOTH
@@ -116,7 +119,7 @@ async def test_cannot_write_outside_its_directory(sandbox: PythonSandbox, tmp_pa
     ):
         result = await sandbox.run(attempt)
         assert refused(result), (attempt, result.stderr)
-    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert os.listdir(tmp_path) == []
 
 
 @BOTH
@@ -202,7 +205,8 @@ async def test_native_escape_hatches_are_closed(sandbox: PythonSandbox) -> None:
         ("import _xxsubinterpreters", "not allowed"),
     ):
         result = await sandbox.run(attempt)
-        assert result.returncode == 1 and message in result.stderr, (attempt, result.stderr)
+        assert result.returncode == 1, (attempt, result.stderr)
+        assert message in result.stderr, (attempt, result.stderr)
 
 
 @BOTH
@@ -233,7 +237,9 @@ async def test_monkeypatching_does_not_weaken_the_hook(sandbox: PythonSandbox) -
 
 async def test_planted_secret_is_not_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-planted")
-    result = await FAST.run("import os\nprint(dict(os.environ))\nprint(os.getenv('OPENAI_API_KEY'))")
+    result = await FAST.run(
+        "import os\nprint(dict(os.environ))\nprint(os.getenv('OPENAI_API_KEY'))"
+    )
     assert result.ok, result.stderr
     assert "sk-test-planted" not in result.stdout
     assert result.stdout.splitlines()[-1] == "None"
