@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import random
+import ssl
 import time
 import weakref
 from collections import deque
@@ -287,6 +288,7 @@ class OpenAILM:
         self._backoff = backoff
         self._max_wait = max_wait
         self._transport = transport
+        self._ssl: ssl.SSLContext | None = None
         self.usage = UsageTracker()
         self._history: deque[HistoryEntry] = deque(maxlen=HISTORY_SIZE)
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
@@ -314,6 +316,9 @@ class OpenAILM:
     def cache(self) -> ResponseCache | None:
         """The response cache in use, or None."""
         return self._cache
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> OpenAILM:
+        return self  # a handle on a shared endpoint (its limiter, pools, usage): never copied
 
     def __repr__(self) -> str:
         return (
@@ -452,12 +457,15 @@ class OpenAILM:
         return state
 
     def _new_client(self, connections: int) -> httpx.AsyncClient:
+        if self._ssl is None:  # loading CA certificates takes ~20 ms: do it once, share it
+            self._ssl = httpx.create_ssl_context()
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         return httpx.AsyncClient(
             headers=self._headers,
             timeout=httpx.Timeout(self._timeout),
             limits=limits,
             transport=self._transport,
+            verify=self._ssl,
         )
 
     async def _send(self, payload: bytes, n: int) -> LMResponse:

@@ -9,9 +9,11 @@ feeds some of its outputs into the next iteration::
     hop.add("query", Predict("context: list[str], question -> query"))
     hop.add("search", Retrieve(retriever, k=2, exclude="context"))
     hop.connect("query", "search")
-    hop.add("collect", ...)  # or simply use "passages" as the output
 
-    loop = Loop(hop, max_iters=3, accumulate={"passages": "context"})
+    program = Graph("multihop")
+    program.add("hops", Loop(hop, max_iters=3, accumulate={"passages": "context"}))
+    program.add("answer", ChainOfThought("context: list[str], question -> answer"))
+    program.connect("hops.context", "answer.context")
 
 ``accumulate={"passages": "context"}`` appends each iteration's ``passages`` to
 the ``context`` input of the next (without duplicates) and returns the whole

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -361,8 +362,6 @@ class _FeedbackPredictor(Predictor):
 
 
 def _format_attempt(outputs: Mapping[str, Any]) -> str:
-    import json
-
     return "\n".join(
         f"{k}: {v if isinstance(v, str) else json.dumps(jsonable(v), ensure_ascii=False)}"
         for k, v in outputs.items()

@@ -35,7 +35,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, ClassVar
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -71,6 +71,7 @@ class Reply:
 
 
 Responder = Callable[[dict[str, Any]], "str | Reply"]
+_Reply = Reply
 
 
 def _default_responder(body: dict[str, Any]) -> str:
@@ -88,7 +89,7 @@ def _prompt_tokens(body: dict[str, Any]) -> int:
 class OpenAIServer:
     """An in-process OpenAI-compatible HTTP server (see the module docstring)."""
 
-    Reply = Reply
+    Reply: ClassVar[type[_Reply]] = _Reply  # so tests can write server.Reply(...)
 
     def __init__(self, *, model: str = "test-model") -> None:
         self.model = model
@@ -99,7 +100,7 @@ class OpenAIServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.connections_opened = 0
-        self._script: deque[str | Reply] = deque()
+        self._script: deque[str | _Reply] = deque()
         self._lock = threading.Lock()
         self._count = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -121,7 +122,7 @@ class OpenAIServer:
         with self._lock:
             return self._count
 
-    def script(self, replies: Iterable[str | Reply]) -> None:
+    def script(self, replies: Iterable[str | _Reply]) -> None:
         """Queue replies handed out before falling back to ``responder``."""
         with self._lock:
             self._script.extend(replies)
@@ -208,7 +209,9 @@ class OpenAIServer:
             with contextlib.suppress(ConnectionError, asyncio.CancelledError):
                 await writer.wait_closed()
 
-    async def _one_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    async def _one_request(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
         """Answer one request; False when the connection should close."""
         try:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -233,7 +236,9 @@ class OpenAIServer:
             return keep
         return await self._chat(raw, headers, writer) and keep
 
-    async def _chat(self, raw: bytes, headers: dict[str, str], writer: asyncio.StreamWriter) -> bool:
+    async def _chat(
+        self, raw: bytes, headers: dict[str, str], writer: asyncio.StreamWriter
+    ) -> bool:
         try:
             body = json.loads(raw)
         except ValueError:
@@ -265,7 +270,7 @@ class OpenAIServer:
             with self._lock:
                 self.in_flight -= 1
 
-    def _next(self, body: dict[str, Any]) -> Reply:
+    def _next(self, body: dict[str, Any]) -> _Reply:
         with self._lock:
             item = self._script.popleft() if self._script else None
         if item is None:
@@ -273,11 +278,11 @@ class OpenAIServer:
                 item = self.responder(body)
             except Exception as exc:  # report the responder's bug as a 500
                 self.errors.append(exc)
-                return Reply(status=500, text=f"responder raised {exc!r}")
-        return item if isinstance(item, Reply) else Reply(text=str(item))
+                return _Reply(status=500, text=f"responder raised {exc!r}")
+        return item if isinstance(item, _Reply) else _Reply(text=str(item))
 
-    def _replies(self, body: dict[str, Any]) -> list[Reply]:
-        replies: list[Reply] = []
+    def _replies(self, body: dict[str, Any]) -> list[_Reply]:
+        replies: list[_Reply] = []
         for index in range(int(body.get("n") or 1)):
             reply = self._next({**body, "_choice_index": index})
             if reply.final:
@@ -285,7 +290,7 @@ class OpenAIServer:
             replies.append(reply)
         return replies
 
-    def _completion(self, body: dict[str, Any], replies: list[Reply]) -> str:
+    def _completion(self, body: dict[str, Any], replies: list[_Reply]) -> str:
         choices = []
         completion_tokens = 0
         prompt_tokens = _prompt_tokens(body)
@@ -293,7 +298,9 @@ class OpenAIServer:
             message: dict[str, Any] = {"role": "assistant", "content": reply.text}
             finish = "stop"
             if reply.tool_calls:
-                message["tool_calls"] = [_tool_call(i, call) for i, call in enumerate(reply.tool_calls)]
+                message["tool_calls"] = [
+                    _tool_call(i, call) for i, call in enumerate(reply.tool_calls)
+                ]
                 message["content"] = reply.text or None
                 finish = "tool_calls"
             choices.append(

@@ -24,14 +24,16 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import anyio
 import anyio.to_thread
 import numpy as np
 
 from rhizome.engine.errors import ConfigError, RhizomeError
-from rhizome.tools.embeddings import Embedder
+
+if TYPE_CHECKING:
+    from rhizome.tools.embeddings import Embedder
 
 
 class RetrieverError(RhizomeError, RuntimeError):

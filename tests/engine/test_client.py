@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import email.utils
 import json
 import socket
@@ -47,7 +48,8 @@ async def test_basic_completion(server: OpenAIServer, lm: OpenAILM) -> None:
     body = ChatRequest.model_validate(server.requests[0])
     assert body.model == "test-model"
     assert body.messages == [{"role": "user", "content": "one two three"}]
-    assert body.n is None and body.temperature is None
+    assert body.n is None
+    assert body.temperature is None
 
 
 async def test_options_and_client_defaults_are_sent(server: OpenAIServer) -> None:
@@ -239,10 +241,10 @@ async def test_timeout_raises_lm_timeout_error(server: OpenAIServer) -> None:
     with pytest.raises(LMTimeoutError) as caught:
         await lm.complete(ask())
     await lm.aclose()
-    assert isinstance(caught.value, TimeoutError)
-    assert time.perf_counter() - start < 0.9
-    assert server.request_count == 2
     assert caught.value.attempts == 2
+    assert server.request_count == 2
+    assert time.perf_counter() - start < 0.9
+    assert isinstance(caught.value, TimeoutError)
 
 
 async def test_concurrency_cap_holds(server: OpenAIServer) -> None:
@@ -300,8 +302,10 @@ async def test_inspect_history_keeps_calls_and_errors(server: OpenAIServer) -> N
     await lm.aclose()
     entries = lm.inspect_history(2)
     assert [e.request.messages[0]["content"] for e in entries] == ["two", "three"]
-    assert entries[0].response is not None and entries[0].response.text == "second"
-    assert entries[1].response is None and "bad request" in (entries[1].error or "")
+    assert entries[0].response is not None
+    assert entries[0].response.text == "second"
+    assert entries[1].response is None
+    assert "bad request" in (entries[1].error or "")
     assert "second" in entries[0].format()
     assert len(lm.inspect_history(100)) == 3
 
@@ -336,8 +340,14 @@ async def test_unreachable_server_raises_connection_error() -> None:
     with socket.socket() as unused:  # bound but not listening: connections are refused
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
-        lm = OpenAILM("m", base_url=f"http://127.0.0.1:{port}/v1", cache=None, max_retries=2)
+        url = f"http://127.0.0.1:{port}/v1"
+        lm = OpenAILM("m", base_url=url, cache=None, max_retries=2, backoff=0.01)
         with pytest.raises(LMConnectionError, match="could not reach"):
             await lm.complete(ask())
         await lm.aclose()
     assert lm.usage.snapshot()["calls"] == 3
+
+
+def test_deepcopy_shares_the_client(server: OpenAIServer) -> None:
+    lm = make_lm(server)
+    assert copy.deepcopy({"lm": lm})["lm"] is lm

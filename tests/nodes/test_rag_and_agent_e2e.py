@@ -30,6 +30,7 @@ from rhizome.tools.chroma import ChromaRetriever
 from rhizome.tools.embeddings import MiniLMEmbedder
 from rhizome.tools.indexing import index_documents
 from rhizome.tools.tool import FunctionTool, tool
+from tests.server import OpenAIServer, Reply
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +63,7 @@ def retriever(tmp_path_factory: pytest.TempPathFactory) -> ChromaRetriever:
 
 
 @pytest.fixture
-async def text_lm(server: Any) -> AsyncIterator[OpenAILM]:
+async def text_lm(server: OpenAIServer) -> AsyncIterator[OpenAILM]:
     """An LM on the same server that claims neither JSON schemas nor native tools."""
     lm = OpenAILM(
         "test-model",
@@ -156,7 +157,7 @@ def two_hop_rag(store: ChromaRetriever) -> Graph:
 
 
 async def test_two_hop_rag_over_http_and_chromadb(
-    server: Any, lm: OpenAILM, retriever: ChromaRetriever
+    server: OpenAIServer, lm: OpenAILM, retriever: ChromaRetriever
 ) -> None:
     server.responder = rag_model
     g = two_hop_rag(retriever)
@@ -177,7 +178,7 @@ async def test_two_hop_rag_over_http_and_chromadb(
 
 
 async def test_multi_hop_loop_with_text_protocol(
-    server: Any, text_lm: OpenAILM, retriever: ChromaRetriever
+    server: OpenAIServer, text_lm: OpenAILM, retriever: ChromaRetriever
 ) -> None:
     server.responder = rag_model
     body = Graph("hop").add("query", Predict("context: list[str], question -> query"))
@@ -217,10 +218,10 @@ def next_action(trajectory: str) -> tuple[str, str, dict[str, Any]]:
     return "Find when she was born.", "search", {"query": "When was Ada Lovelace born?"}
 
 
-def agent_model(server: Any, *, native: bool) -> Callable[[dict[str, Any]], Any]:
-    """The agent's model; ``native`` answers with function calls (``server.Reply``)."""
+def agent_model(*, native: bool) -> Callable[[dict[str, Any]], str | Reply]:
+    """The agent's model; ``native`` answers with function calls."""
 
-    def respond(body: dict[str, Any]) -> Any:
+    def respond(body: dict[str, Any]) -> str | Reply:
         outputs = asked(body)
         trajectory = field(body, "trajectory")
         if "tool_name" not in outputs:  # the extract predictor
@@ -229,7 +230,7 @@ def agent_model(server: Any, *, native: bool) -> Callable[[dict[str, Any]], Any]
         if native:
             assert "tools" in body
             call = {"name": name, "arguments": json.dumps(args)}
-            return server.Reply(text=thought, tool_calls=[call])
+            return Reply(text=thought, tool_calls=[call])
         return reply(body, {"thought": thought, "tool_name": name, "tool_args": args})
 
     return respond
@@ -249,9 +250,9 @@ def check_agent_run(p: Any) -> None:
 
 
 async def test_react_agent_with_native_tool_calls(
-    server: Any, lm: OpenAILM, retriever: ChromaRetriever
+    server: OpenAIServer, lm: OpenAILM, retriever: ChromaRetriever
 ) -> None:
-    server.responder = agent_model(server, native=True)
+    server.responder = agent_model(native=True)
     g = Graph("agent_graph").add(
         "agent", ReAct("question -> answer: int", [search_tool(retriever), calculator])
     )
@@ -268,9 +269,13 @@ async def test_react_agent_with_native_tool_calls(
 
 @pytest.mark.parametrize("json_replies", [False, True], ids=["tags", "json"])
 async def test_react_agent_with_the_text_protocol(
-    server: Any, lm: OpenAILM, text_lm: OpenAILM, retriever: ChromaRetriever, json_replies: bool
+    server: OpenAIServer,
+    lm: OpenAILM,
+    text_lm: OpenAILM,
+    retriever: ChromaRetriever,
+    json_replies: bool,
 ) -> None:
-    server.responder = agent_model(server, native=False)
+    server.responder = agent_model(native=False)
     agent = ReAct("question -> answer: int", [search_tool(retriever), calculator], protocol="text")
     g = Graph("agent_graph").add("agent", agent)
     p = await g.run(question=AGENT_QUESTION, lm=lm if json_replies else text_lm)
@@ -279,9 +284,9 @@ async def test_react_agent_with_the_text_protocol(
 
 
 async def test_react_agent_runs_out_of_steps_and_extracts(
-    server: Any, lm: OpenAILM, retriever: ChromaRetriever
+    server: OpenAIServer, lm: OpenAILM, retriever: ChromaRetriever
 ) -> None:
-    server.responder = agent_model(server, native=True)
+    server.responder = agent_model(native=True)
     agent = ReAct("question -> answer: int", [search_tool(retriever), calculator], max_steps=2)
     p = await Graph("g").add("agent", agent).run(question=AGENT_QUESTION, lm=lm)
     assert p["answer"] == -1

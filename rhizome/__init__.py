@@ -1,0 +1,173 @@
+"""rhizome: programs made of language-model calls, as graphs that run and optimize themselves.
+
+The user-facing names are re-exported here explicitly. Names whose modules pull
+in heavy dependencies (chromadb, onnxruntime, the local model server) are
+loaded on first access, so ``import rhizome`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from rhizome.engine.adapters import JSONAdapter as JSONAdapter
+from rhizome.engine.adapters import TextAdapter as TextAdapter
+from rhizome.engine.batch import BatchResult as BatchResult
+from rhizome.engine.cache import ResponseCache as ResponseCache
+from rhizome.engine.client import OpenAILM as OpenAILM
+from rhizome.engine.context import context as context
+from rhizome.engine.errors import ConfigError as ConfigError
+from rhizome.engine.errors import GraphError as GraphError
+from rhizome.engine.errors import LMError as LMError
+from rhizome.engine.errors import NodeError as NodeError
+from rhizome.engine.errors import ParseError as ParseError
+from rhizome.engine.errors import RhizomeError as RhizomeError
+from rhizome.engine.errors import SaveError as SaveError
+from rhizome.engine.errors import SignatureError as SignatureError
+from rhizome.engine.example import Example as Example
+from rhizome.engine.example import Prediction as Prediction
+from rhizome.engine.fake import FakeLM as FakeLM
+from rhizome.engine.graph import Graph as Graph
+from rhizome.engine.lm import LM as LM
+from rhizome.engine.lm import Capabilities as Capabilities
+from rhizome.engine.node import Node as Node
+from rhizome.engine.predictor import Predictor as Predictor
+from rhizome.engine.signature import InputField as InputField
+from rhizome.engine.signature import OutputField as OutputField
+from rhizome.engine.signature import Signature as Signature
+from rhizome.engine.trace import Trace as Trace
+from rhizome.engine.usage import Prices as Prices
+from rhizome.nodes.compare import MultiChainComparison as MultiChainComparison
+from rhizome.nodes.function import FunctionNode as FunctionNode
+from rhizome.nodes.loop import Loop as Loop
+from rhizome.nodes.predict import ChainOfThought as ChainOfThought
+from rhizome.nodes.predict import Predict as Predict
+from rhizome.nodes.program_of_thought import ProgramOfThought as ProgramOfThought
+from rhizome.nodes.react import ReAct as ReAct
+from rhizome.nodes.retrieve import Retrieve as Retrieve
+from rhizome.nodes.router import Router as Router
+from rhizome.nodes.router import route_to as route_to
+from rhizome.nodes.sampling import BestOfN as BestOfN
+from rhizome.nodes.sampling import Refine as Refine
+from rhizome.optimizers.bootstrap import BootstrapFewShot as BootstrapFewShot
+from rhizome.optimizers.ensemble import Ensemble as Ensemble
+from rhizome.optimizers.evaluate import Evaluate as Evaluate
+from rhizome.optimizers.evaluate import EvaluationResult as EvaluationResult
+from rhizome.optimizers.finetune import export_finetune_data as export_finetune_data
+from rhizome.optimizers.joint import JointSearch as JointSearch
+from rhizome.optimizers.judge import llm_judge as llm_judge
+from rhizome.optimizers.knn import KNNFewShot as KNNFewShot
+from rhizome.optimizers.labeled import LabeledFewShot as LabeledFewShot
+from rhizome.optimizers.metrics import answer_in_passages as answer_in_passages
+from rhizome.optimizers.metrics import exact_match as exact_match
+from rhizome.optimizers.metrics import numeric_match as numeric_match
+from rhizome.optimizers.metrics import token_f1 as token_f1
+from rhizome.optimizers.propose import COPRO as COPRO
+from rhizome.optimizers.propose import propose_instructions as propose_instructions
+from rhizome.optimizers.random_search import RandomSearch as RandomSearch
+from rhizome.optimizers.trials import Budget as Budget
+from rhizome.tools.calculator import calculator as calculator
+from rhizome.tools.http import make_http_get as make_http_get
+from rhizome.tools.retrievers import InMemoryRetriever as InMemoryRetriever
+from rhizome.tools.retrievers import Passage as Passage
+from rhizome.tools.retrievers import Retriever as Retriever
+from rhizome.tools.sandbox import PythonSandbox as PythonSandbox
+from rhizome.tools.search import make_search_tool as make_search_tool
+from rhizome.tools.tool import Tool as Tool
+from rhizome.tools.tool import tool as tool
+
+_LAZY = {
+    "ChromaRetriever": "rhizome.tools.chroma",
+    "ColBERTv2": "rhizome.tools.colbert",
+    "MiniLMEmbedder": "rhizome.tools.embeddings",
+    "index_documents": "rhizome.tools.indexing",
+    "local_lm": "rhizome.tools.local_lm",
+    "async_local_lm": "rhizome.tools.local_lm",
+}
+
+__all__ = (
+    "COPRO",
+    "LM",
+    "BatchResult",
+    "BestOfN",
+    "BootstrapFewShot",
+    "Budget",
+    "Capabilities",
+    "ChainOfThought",
+    "ChromaRetriever",
+    "ColBERTv2",
+    "ConfigError",
+    "Ensemble",
+    "Evaluate",
+    "EvaluationResult",
+    "Example",
+    "FakeLM",
+    "FunctionNode",
+    "Graph",
+    "GraphError",
+    "InMemoryRetriever",
+    "InputField",
+    "JSONAdapter",
+    "JointSearch",
+    "KNNFewShot",
+    "LMError",
+    "LabeledFewShot",
+    "Loop",
+    "MiniLMEmbedder",
+    "MultiChainComparison",
+    "Node",
+    "NodeError",
+    "OpenAILM",
+    "OutputField",
+    "ParseError",
+    "Passage",
+    "Predict",
+    "Prediction",
+    "Predictor",
+    "Prices",
+    "ProgramOfThought",
+    "PythonSandbox",
+    "RandomSearch",
+    "ReAct",
+    "Refine",
+    "ResponseCache",
+    "Retrieve",
+    "Retriever",
+    "RhizomeError",
+    "Router",
+    "SaveError",
+    "Signature",
+    "SignatureError",
+    "TextAdapter",
+    "Tool",
+    "Trace",
+    "answer_in_passages",
+    "async_local_lm",
+    "calculator",
+    "context",
+    "exact_match",
+    "export_finetune_data",
+    "index_documents",
+    "llm_judge",
+    "local_lm",
+    "make_http_get",
+    "make_search_tool",
+    "numeric_match",
+    "propose_instructions",
+    "route_to",
+    "token_f1",
+    "tool",
+)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rhizome' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
