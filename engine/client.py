@@ -244,6 +244,9 @@ class OpenAILM:
         backoff: Seconds of the first retry wait (doubling, with jitter).
         max_wait: Cap in seconds on any retry wait, ``Retry-After`` included.
         transport: An httpx transport to use instead of real connections.
+        cache_namespace: What identifies the server in cache keys; defaults to
+            ``base_url``. Servers on a changing port (the embedded model) pass a
+            stable name so cached replies survive restarts.
     """
 
     def __init__(
@@ -265,6 +268,7 @@ class OpenAILM:
         backoff: float = 0.5,
         max_wait: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        cache_namespace: str | None = None,
     ) -> None:
         _check_config(model, base_url, max_concurrency, timeout, max_retries, backoff, max_wait)
         self._model = model
@@ -288,6 +292,7 @@ class OpenAILM:
         self._backoff = backoff
         self._max_wait = max_wait
         self._transport = transport
+        self._cache_namespace = cache_namespace or self._base_url
         self._ssl: ssl.SSLContext | None = None
         self.usage = UsageTracker()
         self._history: deque[HistoryEntry] = deque(maxlen=HISTORY_SIZE)
@@ -404,7 +409,7 @@ class OpenAILM:
         return body
 
     def _cache_key(self, payload: str, sample: int) -> str:
-        text = f"{self._base_url}\n{sample}\n{payload}"
+        text = f"{self._cache_namespace}\n{sample}\n{payload}"
         return hashlib.sha256(text.encode()).hexdigest()
 
     async def _cache_get(self, key: str, request: LMRequest) -> LMResponse | None:

@@ -36,8 +36,10 @@ class RunSettings:
     node_timeout: float | None = None
 
 
+# RunSettings is frozen, so sharing one default instance is safe.
 _SETTINGS: contextvars.ContextVar[RunSettings] = contextvars.ContextVar(
-    "rhizome_settings", default=RunSettings()
+    "rhizome_settings",
+    default=RunSettings(),  # noqa: B039
 )
 
 
@@ -52,9 +54,9 @@ _UNSET = object()
 @contextlib.contextmanager
 def context(
     *,
-    lm: LM | None | object = _UNSET,
+    lm: LM | object | None = _UNSET,
     sample: int | object = _UNSET,
-    node_timeout: float | None | object = _UNSET,
+    node_timeout: float | object | None = _UNSET,
 ) -> Iterator[RunSettings]:
     """Override run settings for the block; unspecified settings are inherited.
 

@@ -36,7 +36,9 @@ class Example(Mapping[str, Any]):
         """Return a copy that marks ``keys`` as the input fields."""
         missing = [k for k in keys if k not in self._data]
         if missing:
-            raise KeyError(f"example has no field(s) {missing}; its fields are {sorted(self._data)}")
+            raise KeyError(
+                f"example has no field(s) {missing}; its fields are {sorted(self._data)}"
+            )
         new = Example(self._data, tags=self.tags)
         new._input_keys = tuple(keys)
         return new

@@ -34,7 +34,7 @@ class FakeLM:
         replies: Iterable[str] | Responder,
         *,
         name: str = "fake",
-        capabilities: Capabilities = Capabilities(),
+        capabilities: Capabilities | None = None,
         delay: float = 0.0,
     ) -> None:
         if callable(replies):
@@ -44,7 +44,7 @@ class FakeLM:
             self._responder = None
             self._queue = deque(replies)
         self._name = name
-        self._caps = capabilities
+        self._caps = capabilities or Capabilities()
         self._delay = delay
         self.calls = 0
         self.requests: list[LMRequest] = []
@@ -85,7 +85,9 @@ class FakeLM:
             ),
             model=self._name,
         )
-        self._history.append(HistoryEntry(request=request, response=response, timestamp=time.time()))
+        self._history.append(
+            HistoryEntry(request=request, response=response, timestamp=time.time())
+        )
         return response
 
     def inspect_history(self, n: int = 1) -> Sequence[HistoryEntry]:

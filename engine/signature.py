@@ -84,12 +84,12 @@ class _FieldSpec:
         self.desc = desc
 
 
-def InputField(*, desc: str = "") -> Any:  # noqa: N802 - reads like a type in class bodies
+def InputField(*, desc: str = "") -> Any:
     """Declare an input field in a class-form signature."""
     return _FieldSpec(is_input=True, desc=desc)
 
 
-def OutputField(*, desc: str = "") -> Any:  # noqa: N802
+def OutputField(*, desc: str = "") -> Any:
     """Declare an output field in a class-form signature."""
     return _FieldSpec(is_input=False, desc=desc)
 
@@ -112,7 +112,9 @@ class Signature:
         for name, value in list(vars(cls).items()):
             if isinstance(value, _FieldSpec):
                 if name not in hints:
-                    raise SignatureError(f"field {name!r} of {cls.__name__} needs a type annotation")
+                    raise SignatureError(
+                        f"field {name!r} of {cls.__name__} needs a type annotation"
+                    )
                 fields.append(Field(name, hints[name], value.desc, value.is_input))
         cls._class_fields = tuple(fields)
         cls._class_instruction = _clean_doc(cls.__doc__)
@@ -274,7 +276,9 @@ def _check_fields(fields: tuple[Field, ...], spec: str | None) -> None:
 
 def _split_top(text: str, sep: str = ",") -> list[str]:
     """Split on ``sep`` where not nested inside brackets or quotes."""
-    parts, depth, quote, buf = [], 0, "", []
+    parts: list[str] = []
+    buf: list[str] = []
+    depth, quote = 0, ""
     for ch in text:
         if quote:
             quote = "" if ch == quote else quote

@@ -41,7 +41,7 @@ class LMCall:
     outputs: dict[str, Any] = dataclasses.field(default_factory=dict)
     messages: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     reply: str = ""
-    usage: Usage = Usage()
+    usage: Usage = dataclasses.field(default_factory=Usage)
     cached: bool = False
     latency: float = 0.0
     cost: float = 0.0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rhizome.engine.context import context
@@ -22,7 +23,8 @@ from rhizome.optimizers.base import (
     labeled_demo,
     shuffled,
 )
-from rhizome.optimizers.metrics import Metric, call_metric
+from rhizome.optimizers.metrics import Metric, call_metric, metric_name
+from rhizome.optimizers.records import RunRecorder
 
 if TYPE_CHECKING:
     from rhizome.engine.example import Example
@@ -56,6 +58,8 @@ class BootstrapFewShot:
         lm: Default LM for the teacher's runs.
         seed: Shuffles the trainset; the same seed gives the same demos.
         progress: Show progress (None: on a terminal only).
+        run_dir: Write a run record: configuration, every teacher run kept or
+            dropped with its score, the usage, and the final program.
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class BootstrapFewShot:
         lm: LM | None = None,
         seed: int = 0,
         progress: bool | None = None,
+        run_dir: str | Path | None = None,
     ) -> None:
         self.metric = metric
         self.threshold = threshold
@@ -82,7 +87,9 @@ class BootstrapFewShot:
         self.lm = lm
         self.seed = seed
         self.progress = progress
+        self.run_dir = run_dir
         self.report = BootstrapReport()
+        self._recorder: RunRecorder | None = None
 
     async def optimize(
         self, graph: Graph, trainset: Sequence[Example | Mapping[str, Any]]
@@ -94,12 +101,27 @@ class BootstrapFewShot:
         check_same_shape(student, teacher)
         paths = [p for p, _ in student.named_predictors()]
         self.report = BootstrapReport()
+        self._recorder = RunRecorder.create(self.run_dir, kind="bootstrap", config=self._config())
         demos, used = await self._bootstrap(teacher, examples, paths)
         rest = [e for i, e in enumerate(examples) if i not in used]
         for path, predictor in student.named_predictors():
             labeled = [d for e in rest if (d := labeled_demo(predictor, e)) is not None]
             predictor.demos = demos[path] + labeled[: self.max_labeled_demos]
+        if self._recorder is not None:
+            student.save(self._recorder.path / "program.json")
+            self._recorder.finish(dataclasses.asdict(self.report))
         return student
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "metric": metric_name(self.metric),
+            "threshold": self.threshold,
+            "max_bootstrapped_demos": self.max_bootstrapped_demos,
+            "max_labeled_demos": self.max_labeled_demos,
+            "max_rounds": self.max_rounds,
+            "seed": self.seed,
+            "teacher": None if self.teacher is None else self.teacher.name,
+        }
 
     async def _bootstrap(
         self, teacher: Graph, examples: list[Example], paths: list[str]
@@ -111,31 +133,63 @@ class BootstrapFewShot:
             if self._full(demos) or not todo:
                 break
             self.report.rounds += 1
-            with context(sample=round_):
-                batch = await teacher.batch(
-                    [examples[i] for i in todo],
-                    concurrency=self.concurrency,
-                    lm=self.lm,
-                    progress=self.progress,
-                )
-            for pos, result in enumerate(batch):
+            # Chunks in trainset order: stop paying for teacher runs once every
+            # predictor has its demos, and keep the result independent of timing.
+            step = max(2 * self.concurrency, 1)
+            for start in range(0, len(todo), step):
                 if self._full(demos):
                     break
-                index = todo[pos]
-                if await self._keep(examples[index], result):
-                    used.add(index)
-                    self.report.kept_indices.append(index)
-                    for path, found in demos_from_trace(result.trace, paths).items():
-                        demos[path].extend(found[:1])
+                chunk = todo[start : start + step]
+                await self._run_chunk(teacher, examples, chunk, round_, paths, demos, used)
         return demos, used
+
+    async def _run_chunk(
+        self,
+        teacher: Graph,
+        examples: list[Example],
+        chunk: list[int],
+        round_: int,
+        paths: list[str],
+        demos: dict[str, list[dict[str, Any]]],
+        used: set[int],
+    ) -> None:
+        with context(sample=round_):
+            batch = await teacher.batch(
+                [examples[i] for i in chunk],
+                concurrency=self.concurrency,
+                lm=self.lm,
+                progress=self.progress,
+            )
+        for index, result in zip(chunk, batch, strict=True):
+            if self._full(demos):
+                break
+            if await self._keep(examples[index], result):
+                used.add(index)
+                self.report.kept_indices.append(index)
+                for path, found in demos_from_trace(result.trace, paths).items():
+                    demos[path].extend(found[:1])
 
     async def _keep(self, example: Example, result: Any) -> bool:
         self.report.tried += 1
         if result.prediction is None or result.trace is None:
             self.report.failed += 1
+            if self._recorder is not None:
+                self._recorder.append(
+                    "trials.jsonl", {"example": example.to_dict(), "error": result.error}
+                )
             return False
         score = await call_metric(self.metric, example, result.prediction, result.trace)
         keep = score >= self.threshold
+        if self._recorder is not None:
+            self._recorder.append(
+                "trials.jsonl",
+                {
+                    "example": example.to_dict(),
+                    "score": score,
+                    "kept": keep,
+                    **result.trace.usage(),
+                },
+            )
         if keep:
             self.report.kept += 1
         else:

@@ -68,6 +68,7 @@ def _client_for(server: LocalServer, *, timeout: float, cache: Any) -> OpenAILM:
         timeout=timeout,
         cache=cache,
         capabilities=LOCAL_CAPABILITIES,
+        cache_namespace=f"local:{server.config.model_name}",
     )
 
 

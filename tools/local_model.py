@@ -117,7 +117,13 @@ def default_model_path(*, source: ModelSource | None = None, base_dir: Path | No
     """
     source = source or bundled_source()
     models = (base_dir or cache_dir()) / "models"
-    models.mkdir(parents=True, exist_ok=True)
+    try:
+        models.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the model cache folder {models} ({exc}); set ${CACHE_ENV} to a "
+            f"writable folder, or ${MODEL_ENV} to a GGUF file you already have"
+        ) from exc
     target = models / source.filename
     if _is_verified(target, source):
         return target

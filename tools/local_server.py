@@ -285,6 +285,11 @@ def _spawn(config: LocalServerConfig, log_path: Path, ready_file: Path) -> subpr
         "cache_ram_mib": config.cache_ram_mib,
         "ready_file": str(ready_file),
     }
+    env = dict(os.environ)
+    # llama.cpp's OpenMP threads spin at every barrier by default; on a machine
+    # whose cores are busy with other work (tests, the user's program) spinning
+    # threads steal each other's time slices and decoding slows ten-fold.
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     with log_path.open("wb") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "rhizome.tools.local_server", json.dumps(settings)],
@@ -292,6 +297,7 @@ def _spawn(config: LocalServerConfig, log_path: Path, ready_file: Path) -> subpr
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env=env,
         )
 
 

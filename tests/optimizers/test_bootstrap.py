@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -64,7 +65,8 @@ async def test_bootstrap_keeps_only_traces_whose_metric_passed() -> None:
     new = await opt.optimize(graph, trainset())
     query_demos = new.nodes["write_query"].predictor.demos
     answer_demos = new.nodes["answer"].predictor.demos
-    assert len(query_demos) == len(answer_demos) == 3
+    assert len(query_demos) == 3
+    assert len(answer_demos) == 3
     # Every kept demo comes from a passing (even) example, and both nodes took
     # their demos from the same traces, intermediate fields included.
     for q, a in zip(query_demos, answer_demos, strict=True):
@@ -99,11 +101,16 @@ async def test_extra_rounds_ask_for_fresh_samples() -> None:
         return responder(request, sample)
 
     opt = BootstrapFewShot(
-        exact_match(), max_bootstrapped_demos=12, max_labeled_demos=0, max_rounds=2, lm=FakeLM(record)
+        exact_match(),
+        max_bootstrapped_demos=12,
+        max_labeled_demos=0,
+        max_rounds=2,
+        lm=FakeLM(record),
     )
     await opt.optimize(build(), trainset())
     assert opt.report.rounds == 2
-    assert 0 in samples and 1 in samples
+    assert 0 in samples
+    assert 1 in samples
 
 
 async def test_teacher_must_have_same_shape() -> None:
@@ -129,7 +136,11 @@ async def test_labeled_few_shot_and_evaluate_improve_nothing_by_magic() -> None:
 async def test_evaluate_counts_failures_and_slices_by_tag(tmp_path) -> None:  # type: ignore[no-untyped-def]
     lm = FakeLM(responder)
     data = [
-        Example(question=f"What colour is item{i}?", answer=f"colour{i}", tags=("even" if i % 2 == 0 else "odd",))
+        Example(
+            question=f"What colour is item{i}?",
+            answer=f"colour{i}",
+            tags=("even" if i % 2 == 0 else "odd",),
+        )
         for i in range(6)
     ]
     data.append(Example(wrong_field="x", answer="y", tags=("broken",)))
@@ -142,3 +153,20 @@ async def test_evaluate_counts_failures_and_slices_by_tag(tmp_path) -> None:  # 
     assert (tmp_path / "run" / "run.json").exists()
     lines = (tmp_path / "run" / "results.jsonl").read_text().splitlines()
     assert len(lines) == 7
+
+
+async def test_bootstrap_writes_a_run_record(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    opt = BootstrapFewShot(
+        exact_match(), max_bootstrapped_demos=2, lm=FakeLM(responder), run_dir=tmp_path / "boot"
+    )
+    new = await opt.optimize(build(), trainset())
+    rows = [
+        json.loads(line) for line in (tmp_path / "boot" / "trials.jsonl").read_text().splitlines()
+    ]
+    assert sum(r["kept"] for r in rows) == 2
+    assert all("calls" in r for r in rows)
+    meta = json.loads((tmp_path / "boot" / "run.json").read_text())
+    assert meta["status"] == "finished"
+    assert meta["summary"]["kept"] == 2
+    reloaded = build().load(tmp_path / "boot" / "program.json")
+    assert reloaded.named_parameters() == new.named_parameters()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -14,7 +15,7 @@ import pytest
 from rhizome.engine.errors import ConfigError, LMConnectionError
 from rhizome.engine.lm import LMRequest
 from rhizome.tools import local_model
-from rhizome.tools.local_lm import LOCAL_CAPABILITIES, async_local_lm
+from rhizome.tools.local_lm import LOCAL_CAPABILITIES, async_local_lm, local_lm
 from rhizome.tools.local_model import (
     MODEL_ENV,
     ModelSource,
@@ -24,7 +25,7 @@ from rhizome.tools.local_model import (
     default_model_path,
     resolve_model_path,
 )
-from rhizome.tools.local_server import LocalServerConfig, start_local_server
+from rhizome.tools.local_server import LocalServerConfig
 
 CHUNKS = (b"GGUF" + b"a" * 1000, b"b" * 777, b"c" * 5)
 
@@ -181,13 +182,48 @@ def test_server_start_failure_shows_log_tail(tmp_path: Path) -> None:
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + b"\x00" * 64)
     log = tmp_path / "server.log"
-    with pytest.raises(LMConnectionError, match="exited with code") as info:
-        start_local_server(broken, threads=1, log_path=log, startup_timeout=60)
+    with (
+        pytest.raises(LMConnectionError, match="exited with code") as info,
+        local_lm(broken, threads=1, log_path=log),
+    ):
+        pytest.fail("the server must not start with a broken model")
     message = str(info.value)
     assert str(log) in message
-    tail = log.read_text(encoding="utf-8", errors="replace")[-200:]
-    assert tail.strip()
-    assert tail.strip()[-60:] in message
+    tail = log.read_text(encoding="utf-8", errors="replace").strip()
+    assert "failed to load model" in tail
+    assert tail[-60:] in message
+
+
+_ORPHAN_SCRIPT = """
+import sys, time
+from rhizome.tools.local_server import start_local_server
+server = start_local_server(n_parallel=1, ctx_size=512, threads=1, log_path=sys.argv[1])
+print(server.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.embedded
+def test_server_dies_with_its_parent(tmp_path: Path) -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _ORPHAN_SCRIPT, str(tmp_path / "s.log")],
+        stdout=subprocess.PIPE,
+    )
+    assert parent.stdout is not None
+    try:
+        child = int(parent.stdout.readline())
+        assert not _gone(child)
+        parent.kill()  # SIGKILL: no atexit, no clean-up code runs in the parent
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while not _gone(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _gone(child)
+    finally:
+        parent.kill()
+        parent.wait(timeout=10)
+        parent.stdout.close()
 
 
 @pytest.mark.slow
