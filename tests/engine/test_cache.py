@@ -179,3 +179,22 @@ def test_environment_switches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("RHIZOME_CACHE", "0")
     assert OpenAILM("m", base_url="http://127.0.0.1:9/v1").cache is None
     assert OpenAILM("m", base_url="http://127.0.0.1:9/v1", cache=None).cache is None
+
+
+async def test_cache_namespace_survives_a_port_change(
+    server: OpenAIServer, tmp_cache: ResponseCache
+) -> None:
+    request = LMRequest(messages=({"role": "user", "content": "hello"},))
+    first = OpenAILM("m", base_url=server.url, cache=tmp_cache, cache_namespace="local:m")
+    await first.complete(request)
+    await first.aclose()
+    with OpenAIServer() as other:  # same model, new port: a restarted local server
+        second = OpenAILM("m", base_url=other.url, cache=tmp_cache, cache_namespace="local:m")
+        reply = await second.complete(request)
+        await second.aclose()
+        assert reply.cached
+        assert other.request_count == 0
+        plain = OpenAILM("m", base_url=other.url, cache=tmp_cache)
+        assert not (await plain.complete(request)).cached
+        await plain.aclose()
+        assert other.request_count == 1

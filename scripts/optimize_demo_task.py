@@ -1,0 +1,87 @@
+"""Measure BootstrapFewShot and JointSearch on the demo task with the embedded model.
+
+Prints, for the unoptimized graph and each optimizer: the dev score, LM calls
+spent optimizing and evaluating, and wall time. This is the measurement behind
+the optimizers issue's closing note; it takes about half an hour on two cores.
+
+    python scripts/optimize_demo_task.py --out /tmp/opt-demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from rhizome.datasets import load_multihop
+from rhizome.demo import build_graph, build_index, say
+from rhizome.engine.graph import Graph
+from rhizome.engine.lm import LM
+from rhizome.optimizers.bootstrap import BootstrapFewShot
+from rhizome.optimizers.evaluate import Evaluate
+from rhizome.optimizers.joint import JointSearch
+from rhizome.optimizers.metrics import exact_match
+from rhizome.tools.local_lm import local_lm
+
+
+async def _dev_score(graph: Graph, dev: list[Any], lm: LM, out: Path, name: str) -> dict[str, Any]:
+    result = await Evaluate(
+        graph, dev, exact_match("answer"), lm=lm, concurrency=4, run_dir=out / "runs" / name
+    )
+    say(f"{name}: {result.format()}")
+    return {"score": result.score, "ci95": result.ci95, "eval_calls": result.usage.get("calls", 0)}
+
+
+async def _measure(lm: LM, graph: Graph, args: argparse.Namespace) -> list[dict[str, Any]]:
+    train = load_multihop("train")
+    dev = load_multihop("dev")[: args.dev_size]
+    rows = [{"stage": "unoptimized", **await _dev_score(graph, dev, lm, args.out, "unoptimized")}]
+    metric = exact_match("answer")
+    optimizers: dict[str, Any] = {
+        "BootstrapFewShot": BootstrapFewShot(
+            metric, max_bootstrapped_demos=3, max_labeled_demos=0, concurrency=4, lm=lm,
+            run_dir=args.out / "runs" / "bootstrap-opt",
+        ),
+        "JointSearch": JointSearch(
+            metric, num_trials=args.trials, prompt_lm=lm, num_instructions=3, num_demo_sets=3,
+            max_bootstrapped_demos=3, max_labeled_demos=0, minibatch_size=10, full_eval_every=6,
+            parallel=2, concurrency=4, valset=train[40:70], lm=lm, seed=0,
+            run_dir=args.out / "runs" / "joint-opt",
+        ),
+    }  # fmt: skip
+    for name, optimizer in optimizers.items():
+        before = lm.usage.snapshot()["calls"]
+        t0 = time.perf_counter()
+        tuned = await optimizer.optimize(graph, train[:40])
+        spent = {
+            "opt_calls": lm.usage.snapshot()["calls"] - before,
+            "opt_seconds": time.perf_counter() - t0,
+        }
+        say(f"{name}: optimized with {spent['opt_calls']} LM calls in {spent['opt_seconds']:.0f} s")
+        tuned.save(args.out / f"{name}.json")
+        rows.append({"stage": name, **spent, **await _dev_score(tuned, dev, lm, args.out, name)})
+    return rows
+
+
+def main() -> None:
+    """Run the measurement and print a JSON table."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("opt-demo"))
+    parser.add_argument("--dev-size", type=int, default=40)
+    parser.add_argument("--trials", type=int, default=12)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    retriever = build_index(args.out)
+    t0 = time.perf_counter()
+    with local_lm(n_parallel=4, log_path=args.out / "llama-server.log") as lm:
+        rows = anyio.run(_measure, lm, build_graph(retriever), args)
+    print(json.dumps(rows, indent=2))
+    print(f"total {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
