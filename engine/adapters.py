@@ -47,7 +47,13 @@ import pydantic
 from rhizome.engine.context import resolve_lm, settings
 from rhizome.engine.errors import ParseError, SignatureError
 from rhizome.engine.lm import LM, LMRequest, LMResponse, Usage
-from rhizome.engine.parsing import describe_type, format_value, parse_json, parse_tagged
+from rhizome.engine.parsing import (
+    describe_type,
+    format_input,
+    format_value,
+    parse_json,
+    parse_tagged,
+)
 from rhizome.engine.signature import Field, Signature
 from rhizome.engine.trace import LMCall, current_record, jsonable, log_call
 
@@ -162,7 +168,7 @@ class TextAdapter(_ChatAdapter):
 
     def format_outputs(self, signature: Signature, values: Mapping[str, Any]) -> str:
         """The reply as tagged sections, skipping fields absent from ``values``."""
-        return _sections(signature.outputs.values(), values)
+        return _sections(signature.outputs.values(), values, inputs=False)
 
     def output_rules(self, signature: Signature) -> _Format:
         """Tag-per-field rules with a placeholder saying how each value is written."""
@@ -268,12 +274,11 @@ def _field_line(f: Field) -> str:
     return f"- {f.name} ({f.type_name}){desc}"
 
 
-def _sections(fields: Any, values: Mapping[str, Any]) -> str:
+def _sections(fields: Any, values: Mapping[str, Any], *, inputs: bool = True) -> str:
     """Tagged sections for the fields present in ``values``, in field order."""
+    write = format_input if inputs else format_value
     return "\n".join(
-        f"<{f.name}>\n{format_value(values[f.name])}\n</{f.name}>"
-        for f in fields
-        if f.name in values
+        f"<{f.name}>\n{write(values[f.name])}\n</{f.name}>" for f in fields if f.name in values
     )
 
 

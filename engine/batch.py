@@ -6,30 +6,43 @@ them as they finish. A failing example (a node error, a missing input) is
 recorded in its result and never stops the batch. Concurrency is bounded by a
 ``CapacityLimiter`` per batch call; the LM client holds its own per-endpoint
 limit, so batches nested inside optimizers never multiply the load on a server.
+
+With ``run_dir=...`` every finished result is also appended to
+``run_dir/results.jsonl`` (see :mod:`rhizome.engine.journal`), and a batch
+started again on the same directory skips the examples already recorded:
+an interrupted batch resumes instead of starting over. Results read back from
+the journal hold JSON values and no trace (``resumed=True``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import anyio
 
+from rhizome.engine import saving
 from rhizome.engine.context import context
 from rhizome.engine.errors import ConfigError, describe
 from rhizome.engine.example import Example, Prediction
+from rhizome.engine.journal import Journal
 from rhizome.engine.progress import Progress
 from rhizome.engine.scheduler import run_traced
-from rhizome.engine.trace import Trace
+from rhizome.engine.trace import Trace, jsonable
 
 if TYPE_CHECKING:
     from rhizome.engine.graph import Graph
     from rhizome.engine.lm import LM
 
 ExampleLike: TypeAlias = Example | Mapping[str, Any]
+Deliver: TypeAlias = Callable[["BatchResult"], Awaitable[None]]
+RunDir: TypeAlias = str | os.PathLike[str] | None
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -42,6 +55,8 @@ class BatchResult:
         prediction: The outputs (with ``.trace``), or None when the run failed.
         error: :func:`~rhizome.engine.errors.describe` of the failure, or None.
         trace: The run's trace (partial when it failed), or None.
+        resumed: True when read back from a run directory's journal instead of
+            run now; the prediction then holds JSON values and there is no trace.
     """
 
     index: int
@@ -49,6 +64,7 @@ class BatchResult:
     prediction: Prediction | None = None
     error: dict[str, Any] | None = None
     trace: Trace | None = None
+    resumed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -63,6 +79,7 @@ async def run_batch(
     concurrency: int = 16,
     lm: LM | None = None,
     progress: bool | None = None,
+    run_dir: RunDir = None,
 ) -> list[BatchResult]:
     """Run ``graph`` on every example; results in input order.
 
@@ -73,14 +90,26 @@ async def run_batch(
         lm: The default LM for this batch.
         progress: Show a progress bar on stderr: True, False, or None for
             "only on a terminal".
+        run_dir: A directory to journal results in and resume from (see the
+            module docstring); None keeps results in memory only.
+
+    Raises:
+        ConfigError: Bad ``concurrency``, or ``run_dir`` holds results of
+            another program or of other examples.
     """
     items = list(examples)
+    _check_concurrency(concurrency)
+    graph._validated()  # invalid wiring fails the whole batch, once, up front
     results: list[BatchResult | None] = [None] * len(items)
 
     async def keep(result: BatchResult) -> None:
         results[result.index] = result
 
-    await _drive(graph, items, keep, concurrency=concurrency, lm=lm, progress=progress)
+    with _resume(graph, items, run_dir) as work:
+        for result in work.done:
+            results[result.index] = result
+        deliver = work.recording(keep)
+        await _drive(graph, work.todo, deliver, concurrency=concurrency, lm=lm, progress=progress)
     return [r for r in results if r is not None]
 
 
@@ -91,9 +120,11 @@ async def stream_batch(
     concurrency: int = 16,
     lm: LM | None = None,
     progress: bool | None = None,
+    run_dir: RunDir = None,
 ) -> AsyncIterator[BatchResult]:
     """Like :func:`run_batch`, yielding each result as soon as it is finished.
 
+    With ``run_dir``, the results already recorded there come first.
     To stop early, close the iterator so the remaining runs are cancelled::
 
         async with contextlib.aclosing(graph.stream(examples)) as results:
@@ -103,37 +134,42 @@ async def stream_batch(
     items = list(examples)
     _check_concurrency(concurrency)
     graph._validated()  # wiring errors surface here, not wrapped in a task group's error
-    send, receive = anyio.create_memory_object_stream[BatchResult](math.inf)
+    with _resume(graph, items, run_dir) as work:
+        for result in work.done:
+            yield result
+        send, receive = anyio.create_memory_object_stream[BatchResult](math.inf)
+        deliver = work.recording(send.send)
 
-    async def drive() -> None:
-        async with send:
-            await _drive(graph, items, send.send, concurrency=concurrency, lm=lm, progress=progress)
+        async def drive() -> None:
+            async with send:
+                await _drive(
+                    graph, work.todo, deliver, concurrency=concurrency, lm=lm, progress=progress
+                )
 
-    async with anyio.create_task_group() as tg, receive:
-        tg.start_soon(drive)
-        try:
-            async for result in receive:
-                yield result
-        except GeneratorExit:
-            # Closed early: cancel the remaining runs and end quietly, so the task
-            # group does not report the generator's closing as an error.
-            tg.cancel_scope.cancel()
+        async with anyio.create_task_group() as tg, receive:
+            tg.start_soon(drive)
+            try:
+                async for result in receive:
+                    yield result
+            except GeneratorExit:
+                # Closed early: cancel the remaining runs and end quietly, so the task
+                # group does not report the generator's closing as an error.
+                tg.cancel_scope.cancel()
 
 
 async def _drive(
     graph: Graph,
-    items: list[ExampleLike],
-    deliver: Callable[[BatchResult], Awaitable[None]],
+    todo: list[tuple[int, ExampleLike]],
+    deliver: Deliver,
     *,
     concurrency: int,
     lm: LM | None,
     progress: bool | None,
 ) -> None:
-    _check_concurrency(concurrency)
-    plan = graph._validated()  # invalid wiring fails the whole batch, once, up front
+    plan = graph._validated()
     names = list(plan.inputs)
     limiter = anyio.CapacityLimiter(concurrency)
-    bar = Progress(len(items), enabled=progress, label=graph.name)
+    bar = Progress(len(todo), enabled=progress, label=graph.name)
 
     async def one(index: int, example: ExampleLike) -> None:
         try:
@@ -146,7 +182,7 @@ async def _drive(
     try:
         with context(lm=lm) if lm is not None else contextlib.nullcontext():
             async with anyio.create_task_group() as tg:
-                for index, example in enumerate(items):
+                for index, example in todo:
                     # Taking the slot before starting keeps at most `concurrency` tasks alive.
                     await limiter.acquire_on_behalf_of(index)
                     tg.start_soon(one, index, example)
@@ -178,3 +214,93 @@ def _inputs_of(example: ExampleLike, names: list[str]) -> dict[str, Any]:
         f"a batch takes Example objects or dicts, got {type(example).__name__}; "
         "wrap values as Example(question=...) or {'question': ...}"
     )
+
+
+# ---- run directories ------------------------------------------------------------
+
+
+@dataclasses.dataclass(kw_only=True)
+class _Work:
+    """What a (possibly resumed) batch still has to do, and where results are journaled."""
+
+    done: list[BatchResult]
+    todo: list[tuple[int, ExampleLike]]
+    journal: Journal | None = None
+    keys: list[str] = dataclasses.field(default_factory=list)
+
+    def recording(self, deliver: Deliver) -> Deliver:
+        """``deliver``, writing each result to the journal first (when there is one)."""
+        journal = self.journal
+        if journal is None:
+            return deliver
+
+        async def record(result: BatchResult) -> None:
+            journal.append(_row(result, self.keys[result.index]))
+            await deliver(result)
+
+        return record
+
+
+@contextlib.contextmanager
+def _resume(graph: Graph, items: list[ExampleLike], run_dir: RunDir) -> Iterator[_Work]:
+    if run_dir is None:
+        yield _Work(done=[], todo=list(enumerate(items)))
+        return
+    keys = [_example_key(example) for example in items]
+    with Journal(run_dir, program=_program_key(graph)) as journal:
+        done: list[BatchResult] = []
+        for index, row in sorted(journal.rows.items()):
+            if index >= len(items) or row.get("key") != keys[index]:
+                raise ConfigError(
+                    f"run_dir {str(run_dir)!r} holds a result for example {index} that is not "
+                    f"the example at that position now (the examples changed?); pass a new "
+                    "run_dir, or delete this one to start over"
+                )
+            restored = _restored(row, items[index])
+            if restored is not None:
+                done.append(restored)
+        finished = {r.index for r in done}
+        todo = [(i, example) for i, example in enumerate(items) if i not in finished]
+        yield _Work(done=done, todo=todo, journal=journal, keys=keys)
+
+
+def _program_key(graph: Graph) -> str:
+    """What the results depend on: the graph's structure and its tunable parameters."""
+    parameters = jsonable(graph.named_parameters())
+    return saving.fingerprint({"structure": saving.structure(graph), "parameters": parameters})
+
+
+def _example_key(example: ExampleLike) -> str:
+    data = jsonable(dict(example) if isinstance(example, Mapping) else example)
+    text = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+
+
+def _row(result: BatchResult, key: str) -> dict[str, Any]:
+    """A result as one JSON-ready journal line: outputs or error, and a trace summary."""
+    trace = result.trace
+    summary = None
+    if trace is not None:
+        nodes = [record.node for record in trace.records]
+        summary = {"nodes": nodes, "usage": trace.usage(), "error": trace.error}
+    prediction = result.prediction
+    return {
+        "index": result.index,
+        "key": key,
+        "ok": result.ok,
+        "prediction": jsonable(prediction.to_dict()) if prediction is not None else None,
+        "error": jsonable(result.error),
+        "trace": summary,
+    }
+
+
+def _restored(row: Mapping[str, Any], example: ExampleLike) -> BatchResult | None:
+    """The result a journal row describes, or None when the row is incomplete."""
+    prediction, error = row.get("prediction"), row.get("error")
+    if isinstance(error, dict):
+        return BatchResult(index=row["index"], example=example, error=error, resumed=True)
+    if isinstance(prediction, dict):
+        return BatchResult(
+            index=row["index"], example=example, prediction=Prediction(prediction), resumed=True
+        )
+    return None

@@ -288,13 +288,16 @@ class Graph(Node):
         concurrency: int = 16,
         lm: LM | None = None,
         progress: bool | None = None,
+        run_dir: str | Path | None = None,
     ) -> list[BatchResult]:
         """Run many examples concurrently; results in input order, failures recorded.
 
-        See :func:`rhizome.engine.batch.run_batch`.
+        With ``run_dir``, each finished result is journaled there and a rerun on
+        the same directory skips the examples already done (resume). See
+        :func:`rhizome.engine.batch.run_batch`.
         """
         return await _batch.run_batch(
-            self, examples, concurrency=concurrency, lm=lm, progress=progress
+            self, examples, concurrency=concurrency, lm=lm, progress=progress, run_dir=run_dir
         )
 
     def stream(
@@ -304,13 +307,15 @@ class Graph(Node):
         concurrency: int = 16,
         lm: LM | None = None,
         progress: bool | None = None,
+        run_dir: str | Path | None = None,
     ) -> AsyncIterator[BatchResult]:
         """Like :meth:`batch`, yielding each result as it finishes.
 
-        See :func:`rhizome.engine.batch.stream_batch`.
+        With ``run_dir``, results already journaled there come first. See
+        :func:`rhizome.engine.batch.stream_batch`.
         """
         return _batch.stream_batch(
-            self, examples, concurrency=concurrency, lm=lm, progress=progress
+            self, examples, concurrency=concurrency, lm=lm, progress=progress, run_dir=run_dir
         )
 
     # -- parameters ----------------------------------------------------------

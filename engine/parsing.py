@@ -110,6 +110,17 @@ def format_value(value: Any) -> str:
     return json.dumps(jsonable(value), ensure_ascii=False)
 
 
+def format_input(value: Any) -> str:
+    """Write an input value as prompt text; lists of passages become numbered lines.
+
+    Small models read ``[1] first passage`` lines far better than a JSON array,
+    and inputs are never parsed back, so readability wins here.
+    """
+    if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
+        return "\n".join(f"[{i}] {v}" for i, v in enumerate(value, 1))
+    return format_value(value)
+
+
 # ---------------------------------------------------------------- reading text
 
 

@@ -105,7 +105,7 @@ def test_text_render_uses_tags_for_inputs_and_reply_format() -> None:
     user = messages[-1]
     assert user["role"] == "user"
     assert "<question>\nWhy?\n</question>" in user["content"]
-    assert '<context>\n["x", "y"]\n</context>' in user["content"]
+    assert "<context>\n[1] x\n[2] y\n</context>" in user["content"]
     assert "<answer>" in user["content"]  # the closing reminder
 
 

@@ -1,0 +1,1 @@
+"""Small example programs, used by the documentation and the command-line tests."""
