@@ -46,7 +46,7 @@ import pydantic
 
 from rhizome.engine.context import resolve_lm, settings
 from rhizome.engine.errors import ParseError, SignatureError
-from rhizome.engine.lm import LM, LMRequest, LMResponse, Usage
+from rhizome.engine.lm import LM, Capabilities, LMRequest, LMResponse, Usage
 from rhizome.engine.parsing import (
     describe_type,
     format_input,
@@ -212,15 +212,12 @@ class JSONAdapter(_ChatAdapter):
         return _Format(rules, f"Reply with one JSON object with the keys: {keys}.")
 
     def response_format(self, signature: Signature) -> dict[str, Any] | None:
-        """``{"type": "json_schema", ...}`` built from the output fields."""
-        return {
-            "type": "json_schema",
-            "json_schema": {
-                "name": "_".join(signature.outputs)[:64],
-                "schema": copy.deepcopy(outputs_schema(signature)),
-                "strict": True,
-            },
-        }
+        """``{"type": "json_schema", ...}`` built from the output fields.
+
+        Built once per signature and shared by every request (it is only
+        serialised): copy it before changing it.
+        """
+        return _json_response_format(signature)
 
     def parse(self, signature: Signature, text: str) -> dict[str, Any]:
         """Read the reply's JSON object and coerce each output to the field's type."""
@@ -269,6 +266,18 @@ def outputs_schema(signature: Signature) -> dict[str, Any]:
     return schema
 
 
+@functools.lru_cache(maxsize=512)
+def _json_response_format(signature: Signature) -> dict[str, Any]:
+    return {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "_".join(signature.outputs)[:64],
+            "schema": copy.deepcopy(outputs_schema(signature)),
+            "strict": True,
+        },
+    }
+
+
 def _field_line(f: Field) -> str:
     desc = f": {f.desc}" if f.desc else ""
     return f"- {f.name} ({f.type_name}){desc}"
@@ -306,13 +315,12 @@ async def run_predictor(
     prompt = call.adapter.render(
         predictor, call.inputs, demos=await _select_demos(predictor, call.inputs)
     )
-    schema_ok = call.lm.capabilities.json_schema
     request = LMRequest(
         messages=prompt.messages,
         temperature=predictor.temperature,
         max_tokens=predictor.max_tokens,
         n=n,
-        response_format=prompt.response_format if schema_ok else None,
+        response_format=_response_format(prompt, call.lm.capabilities, predictor.signature),
     )
     first = await call.attempt(request, attempt=0)
     if not isinstance(first, ParseError):
@@ -455,6 +463,17 @@ def _checked_inputs(signature: Signature, inputs: Mapping[str, Any], path: str) 
             f"predictor {path!r} is missing input {names}; its inputs are: {expected}"
         )
     return {name: inputs[name] for name in signature.inputs}
+
+
+def _response_format(
+    prompt: RenderedPrompt, caps: Capabilities, signature: Signature
+) -> dict[str, Any] | None:
+    """The adapter's schema if the server honours it; plain JSON mode if it reorders keys."""
+    if prompt.response_format is None or not caps.json_schema:
+        return None
+    if not caps.json_key_order and len(signature.outputs) > 1:
+        return {"type": "json_object"}
+    return prompt.response_format
 
 
 async def _select_demos(predictor: Predictor, inputs: Mapping[str, Any]) -> list[Any] | None:

@@ -113,11 +113,16 @@ class Capabilities:
         json_schema: ``response_format={"type": "json_schema", ...}`` is honoured.
         tools: Native function calling with ``tools``.
         n: More than one sample per request.
+        json_key_order: Structured output keeps the schema's property order.
+            llama.cpp's server sorts the keys alphabetically, which would put
+            ``answer`` before ``reasoning``; where it is False, signatures with
+            several outputs ask for plain JSON mode and the prompt sets the order.
     """
 
     json_schema: bool = False
     tools: bool = False
     n: bool = True
+    json_key_order: bool = True
 
 
 @runtime_checkable

@@ -51,7 +51,7 @@ __all__ = (
     "usable_cores",
 )
 
-LOCAL_CAPABILITIES = Capabilities(json_schema=True, tools=False, n=True)
+LOCAL_CAPABILITIES = Capabilities(json_schema=True, tools=False, n=True, json_key_order=False)
 """What llama.cpp serving the embedded model supports (measured, see module doc)."""
 
 _LOCAL_API_KEY = "sk-local-no-key"

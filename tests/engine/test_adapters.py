@@ -302,3 +302,17 @@ def test_json_parse_without_object_fails() -> None:
 def test_json_parse_picks_the_object_with_the_fields() -> None:
     reply = 'Schema: {"type": "object"} Answer: {"answer": "x"}'
     assert JSONAdapter().parse(Signature("q -> answer"), reply) == {"answer": "x"}
+
+
+async def test_servers_that_reorder_keys_get_plain_json_mode_for_several_outputs() -> None:
+    caps = Capabilities(json_schema=True, json_key_order=False)
+    lm = FakeLM(['{"reasoning": "r", "answer": "a"}'], capabilities=caps)
+    several = Predictor("question -> reasoning, answer", lm=lm)
+    assert await several(question="q") == {"reasoning": "r", "answer": "a"}
+    assert lm.requests[-1].response_format == {"type": "json_object"}
+    # One output has no order to lose: the schema (and its types) still go out.
+    single = Predictor("question -> answer: int", lm=FakeLM(['{"answer": 3}'], capabilities=caps))
+    assert await single(question="q") == {"answer": 3}
+    fmt = single.lm.requests[-1].response_format  # type: ignore[union-attr]
+    assert fmt is not None
+    assert fmt["type"] == "json_schema"
