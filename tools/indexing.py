@@ -196,17 +196,21 @@ def _resolve(
 
 
 class _Progress:
+    """One line rewritten in place on a terminal; only the final count in a log."""
+
     def __init__(self, enabled: bool | None) -> None:
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.tty = sys.stderr.isatty()
+        self.enabled = self.tty if enabled is None else enabled
 
     def show(self, stats: IndexStats, *, final: bool = False) -> None:
-        if self.enabled:
-            line = (
-                f"\rindexing: {stats.documents} documents, {stats.chunks} chunks "
-                f"({stats.added} added, {stats.unchanged} unchanged)"
-            )
-            sys.stderr.write(line + ("\n" if final else ""))
-            sys.stderr.flush()
+        if not self.enabled or not (self.tty or final):
+            return
+        line = (
+            f"indexing: {stats.documents} documents, {stats.chunks} chunks "
+            f"({stats.added} added, {stats.unchanged} unchanged)"
+        )
+        sys.stderr.write(("\r" if self.tty else "") + line + ("\n" if final else ""))
+        sys.stderr.flush()
 
 
 def index_documents(
