@@ -73,9 +73,8 @@ class Progress:
         filled = width * self.done // self.total if self.total else width
         bar = "#" * filled + "." * (width - filled)
         label = f"{self.label} " if self.label else ""
-        return (
-            f"{label}[{bar}] {self.done}/{self.total} {rate:.1f}/s eta {eta} failed {self.failed}"
-        )
+        speed = f"{rate:.1f}/s" if rate >= 1 or rate == 0 else f"{1 / rate:.1f}s each"
+        return f"{label}[{bar}] {self.done}/{self.total} {speed} eta {eta} failed {self.failed}"
 
 
 def _duration(seconds: float) -> str:
