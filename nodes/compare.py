@@ -114,8 +114,13 @@ class MultiChainComparison(Node):
 
 def format_attempt(number: int, outputs: Mapping[str, Any]) -> str:
     """One attempt as text: its reasoning and each output field on its own line."""
-    lines = [f"Attempt {number}:"]
+    return "\n".join([f"Attempt {number}:", *field_lines(outputs)])
+
+
+def field_lines(outputs: Mapping[str, Any]) -> list[str]:
+    """One ``name: value`` line per field: strings as they are, other values as JSON."""
+    lines = []
     for name, value in outputs.items():
         text = value if isinstance(value, str) else json.dumps(jsonable(value), ensure_ascii=False)
         lines.append(f"{name}: {text}")
-    return "\n".join(lines)
+    return lines

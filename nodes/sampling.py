@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -28,6 +27,7 @@ from rhizome.engine.node import Node
 from rhizome.engine.predictor import Predictor
 from rhizome.engine.signature import Field, Signature
 from rhizome.engine.trace import current_record, jsonable
+from rhizome.nodes.compare import field_lines
 from rhizome.nodes.predict import Predict
 
 if TYPE_CHECKING:
@@ -289,7 +289,7 @@ class Refine(_Wrapped):
             failures.append({"check": name, "feedback": message})
             if attempt == self.max_attempts:
                 break
-            step = self._with_feedback(_format_attempt(outputs), message)
+            step = self._with_feedback("\n".join(field_lines(outputs)), message)
             outputs = await self._run_once(inputs, attempt, step)
         _note(failures=failures)
         if not self.strict:
@@ -359,13 +359,6 @@ class _FeedbackPredictor(Predictor):
     async def sample(self, inputs: dict[str, Any], *, n: int = 1) -> list[dict[str, Any]]:
         """The base call with the feedback inputs added."""
         return await super().sample({**inputs, **self._extra}, n=n)
-
-
-def _format_attempt(outputs: Mapping[str, Any]) -> str:
-    return "\n".join(
-        f"{k}: {v if isinstance(v, str) else json.dumps(jsonable(v), ensure_ascii=False)}"
-        for k, v in outputs.items()
-    )
 
 
 async def _call_user(fn: Callable[..., Any], *args: Any) -> Any:

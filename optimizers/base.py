@@ -8,7 +8,7 @@ of one is a valid input of the next.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rhizome.engine.errors import ConfigError
@@ -64,6 +64,11 @@ def labeled_demo(predictor: Predictor, example: Example) -> dict[str, Any] | Non
     has_in = any(k in sig.inputs for k in demo)
     has_out = any(k in sig.outputs for k in demo)
     return demo if has_in and has_out else None
+
+
+def labeled_demos(predictor: Predictor, examples: Iterable[Example]) -> list[dict[str, Any]]:
+    """The :func:`labeled_demo` of every example that has one, in order."""
+    return [d for e in examples if (d := labeled_demo(predictor, e)) is not None]
 
 
 def check_same_shape(student: Graph, teacher: Graph) -> None:

@@ -20,7 +20,7 @@ from rhizome.optimizers.base import (
     as_examples,
     check_same_shape,
     demos_from_trace,
-    labeled_demo,
+    labeled_demos,
     shuffled,
 )
 from rhizome.optimizers.metrics import Metric, call_metric, metric_name
@@ -105,10 +105,10 @@ class BootstrapFewShot:
         demos, used = await self._bootstrap(teacher, examples, paths)
         rest = [e for i, e in enumerate(examples) if i not in used]
         for path, predictor in student.named_predictors():
-            labeled = [d for e in rest if (d := labeled_demo(predictor, e)) is not None]
+            labeled = labeled_demos(predictor, rest)
             predictor.demos = demos[path] + labeled[: self.max_labeled_demos]
         if self._recorder is not None:
-            student.save(self._recorder.path / "program.json")
+            self._recorder.write_program(student)
             self._recorder.finish(dataclasses.asdict(self.report))
         return student
 

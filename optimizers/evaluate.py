@@ -13,7 +13,7 @@ import time
 from collections import defaultdict
 from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rhizome.engine.example import Example, Prediction
 from rhizome.optimizers.metrics import Metric, call_metric, metric_name
@@ -193,6 +193,42 @@ class Evaluate:
             error=error,
             trace=batch_result.trace,
         )
+
+
+class ScoringSettings(Protocol):
+    """How an optimizer scores its candidates: its attributes of these names."""
+
+    metric: Metric
+    threshold: float
+    concurrency: int
+    lm: LM | None
+
+
+async def score_candidate(
+    program: Graph,
+    examples: Sequence[Example],
+    settings: ScoringSettings,
+    *,
+    concurrency: int | None = None,
+) -> EvaluationResult:
+    """Evaluate a candidate the way optimizers do: no progress bar, no run record.
+
+    Args:
+        program: The candidate graph.
+        examples: The examples to score it on.
+        settings: The optimizer, for its metric, threshold, LM and concurrency.
+        concurrency: Examples in flight, when not the optimizer's own (trials
+            run side by side share it).
+    """
+    return await Evaluate(
+        program,
+        examples,
+        settings.metric,
+        concurrency=settings.concurrency if concurrency is None else concurrency,
+        threshold=settings.threshold,
+        lm=settings.lm,
+        progress=False,
+    ).run()
 
 
 def _aggregate(results: list[ExampleResult], wall_time: float) -> EvaluationResult:

@@ -15,7 +15,6 @@ written once.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ from rhizome.engine.adapters import Adapter, TextAdapter, default_adapter
 from rhizome.engine.context import settings
 from rhizome.engine.trace import jsonable
 from rhizome.optimizers.base import as_examples
-from rhizome.optimizers.metrics import Metric, metric_name, passes
+from rhizome.optimizers.metrics import Metric, call_metric
 
 if TYPE_CHECKING:
     from rhizome.engine.example import Example
@@ -94,10 +93,8 @@ async def export_finetune_data(
         if result.prediction is None or result.trace is None:
             failed += 1
             continue
-        score = metric(examples[result.index], result.prediction, result.trace)
-        if inspect.isawaitable(score):
-            score = await score
-        if not passes(score, threshold, metric_name=metric_name(metric)):
+        score = await call_metric(metric, examples[result.index], result.prediction, result.trace)
+        if score < threshold:
             continue
         passed += 1
         for call in _good_calls(result.trace):

@@ -34,7 +34,7 @@ import anyio
 
 from rhizome.engine.errors import ConfigError
 from rhizome.optimizers.base import as_examples
-from rhizome.optimizers.evaluate import Evaluate
+from rhizome.optimizers.evaluate import score_candidate
 from rhizome.optimizers.metrics import Metric, metric_name
 from rhizome.optimizers.propose import propose_instructions
 from rhizome.optimizers.records import RunRecorder
@@ -193,7 +193,7 @@ class JointSearch:
         await run.search()
         best = space.apply(graph, self.best_config, lms=self.lms)
         if recorder is not None:
-            best.save(recorder.path / "program.json")
+            recorder.write_program(best)
             recorder.finish(self._summary(run))
         return best
 
@@ -368,15 +368,7 @@ class _Run:
     ) -> Trial:
         program = self.space.apply(self.graph, config, lms=self.s.lms)
         t0 = time.perf_counter()
-        result = await Evaluate(
-            program,
-            examples,
-            self.s.metric,
-            concurrency=concurrency,
-            threshold=self.s.threshold,
-            lm=self.s.lm,
-            progress=False,
-        ).run()
+        result = await score_candidate(program, examples, self.s, concurrency=concurrency)
         trial = Trial(
             config=config,
             score=result.score,

@@ -45,6 +45,10 @@ class LLMJudge:
 
     Attributes:
         graph: The judge's own graph (one node, ``"judge"``); tune it like any program.
+
+    Example:
+        >>> metric = llm_judge("names the same person as the gold answer")  # doctest: +SKIP
+        >>> result = await Evaluate(graph, devset, metric)  # doctest: +SKIP
     """
 
     def __init__(
@@ -121,28 +125,5 @@ class LLMJudge:
         return score if self.threshold is None else score >= self.threshold
 
 
-def llm_judge(
-    criteria: str,
-    *,
-    lm: LM | None = None,
-    samples: int = 1,
-    threshold: float | None = None,
-    question_field: str | None = "question",
-    gold_field: str = "answer",
-    answer_field: str = "answer",
-) -> LLMJudge:
-    """An LLM-as-judge metric; see :class:`LLMJudge` for the arguments.
-
-    Example:
-        >>> metric = llm_judge("names the same person as the gold answer")  # doctest: +SKIP
-        >>> result = await Evaluate(graph, devset, metric)  # doctest: +SKIP
-    """
-    return LLMJudge(
-        criteria,
-        lm=lm,
-        samples=samples,
-        threshold=threshold,
-        question_field=question_field,
-        gold_field=gold_field,
-        answer_field=answer_field,
-    )
+llm_judge = LLMJudge
+"""The LLM-as-judge metric factory: ``llm_judge(criteria, ...)`` builds an :class:`LLMJudge`."""

@@ -21,7 +21,7 @@ import numpy as np
 
 from rhizome.engine.errors import ConfigError
 from rhizome.engine.parsing import format_value
-from rhizome.optimizers.base import as_examples, labeled_demo
+from rhizome.optimizers.base import as_examples, labeled_demos
 from rhizome.optimizers.bootstrap import BootstrapFewShot
 
 if TYPE_CHECKING:
@@ -185,10 +185,7 @@ class KNNFewShot:
         self, graph: Graph, examples: list[Example]
     ) -> dict[str, list[dict[str, Any]]]:
         if self.metric is None:
-            return {
-                path: [d for e in examples if (d := labeled_demo(p, e)) is not None]
-                for path, p in graph.named_predictors()
-            }
+            return {path: labeled_demos(p, examples) for path, p in graph.named_predictors()}
         boot = BootstrapFewShot(
             self.metric,
             threshold=self.threshold,

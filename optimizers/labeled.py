@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from rhizome.optimizers.base import as_examples, labeled_demo, shuffled
+from rhizome.optimizers.base import as_examples, labeled_demos, shuffled
 
 if TYPE_CHECKING:
     from rhizome.engine.example import Example
@@ -37,6 +37,5 @@ class LabeledFewShot:
             examples = shuffled(examples, self.seed)
         new = graph.copy()
         for _, predictor in new.named_predictors():
-            demos = [d for e in examples if (d := labeled_demo(predictor, e)) is not None]
-            predictor.demos = demos[: self.k]
+            predictor.demos = labeled_demos(predictor, examples)[: self.k]
         return new

@@ -196,17 +196,13 @@ def all_of(*metrics: Callable[..., float | bool], threshold: float = 1.0) -> Met
     ) -> bool:
         return all(passes(m(example, prediction, trace), threshold) for m in metrics)
 
-    metric.__name__ = "all_of(" + ", ".join(_name(m) for m in metrics) + ")"
+    metric.__name__ = "all_of(" + ", ".join(metric_name(m) for m in metrics) + ")"
     return metric
-
-
-def _name(fn: object) -> str:
-    return getattr(fn, "__name__", type(fn).__name__)
 
 
 def metric_name(fn: object) -> str:
     """A readable name for a metric callable."""
-    return _name(fn)
+    return getattr(fn, "__name__", type(fn).__name__)
 
 
 def distinct_from_question(node: str, field: str = "query", question: str = "question") -> Metric:

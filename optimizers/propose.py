@@ -26,9 +26,9 @@ from rhizome.engine.example import Example
 from rhizome.engine.graph import Graph
 from rhizome.engine.parsing import format_value
 from rhizome.nodes.predict import Predict
-from rhizome.optimizers.base import as_examples, labeled_demo, shuffled
+from rhizome.optimizers.base import as_examples, labeled_demos, shuffled
 from rhizome.optimizers.describe import describe_data, describe_graph, describe_node
-from rhizome.optimizers.evaluate import Evaluate
+from rhizome.optimizers.evaluate import score_candidate
 from rhizome.optimizers.metrics import Metric, metric_name
 from rhizome.optimizers.records import RunRecorder
 
@@ -154,7 +154,7 @@ async def propose_instructions(
     rng = random.Random(seed)
     jobs: list[tuple[str, int, dict[str, Any]]] = []
     for path, predictor in graph.named_predictors():
-        shown = list((demos or {}).get(path) or _labeled(predictor, examples, seed))
+        shown = list((demos or {}).get(path) or labeled_demos(predictor, shuffled(examples, seed)))
         offset = rng.randrange(len(tips)) if tips else 0
         for i in range(n):
             inputs = {
@@ -168,10 +168,6 @@ async def propose_instructions(
             jobs.append((path, i, inputs))
     found = await _run_all(proposer, jobs, prompt_lm, concurrency)
     return _assemble(graph, found, include_original)
-
-
-def _labeled(predictor: Any, examples: list[Example], seed: int) -> list[dict[str, Any]]:
-    return [d for e in shuffled(examples, seed) if (d := labeled_demo(predictor, e)) is not None]
 
 
 async def _run_all(
@@ -324,7 +320,7 @@ class COPRO:
                     if score > self.best_score:
                         best, self.best_score = trial, score
         if recorder is not None:
-            best.save(recorder.path / "program.json")
+            recorder.write_program(best)
             recorder.finish({"best_score": self.best_score, "scored": len(self.history)})
         return best
 
@@ -356,15 +352,7 @@ class COPRO:
     ) -> float:
         key = tuple(f"{p}\x00{pr.instruction}" for p, pr in graph.named_predictors())
         if key not in self._cache:
-            result = await Evaluate(
-                graph,
-                valset,
-                self.metric,
-                concurrency=self.concurrency,
-                threshold=self.threshold,
-                lm=self.lm,
-                progress=False,
-            ).run()
+            result = await score_candidate(graph, valset, self)
             self._cache[key] = result.score
             if recorder is not None:
                 recorder.append(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from rhizome.engine.errors import ConfigError
 from rhizome.optimizers.base import as_examples
 from rhizome.optimizers.bootstrap import BootstrapFewShot
-from rhizome.optimizers.evaluate import Evaluate
+from rhizome.optimizers.evaluate import score_candidate
 from rhizome.optimizers.labeled import LabeledFewShot
 from rhizome.optimizers.metrics import Metric, metric_name
 from rhizome.optimizers.records import RunRecorder
@@ -122,7 +122,7 @@ class RandomSearch:
         self.leaderboard = [(c.score, c.description) for c in ranked]
         best = ranked[0].program
         if recorder is not None:
-            best.save(recorder.path / "program.json")
+            recorder.write_program(best)
             recorder.finish({"best_score": ranked[0].score, "leaderboard": self.leaderboard})
         return best
 
@@ -166,15 +166,7 @@ class RandomSearch:
         self, description: str, program: Graph, valset: list[Example], recorder: RunRecorder | None
     ) -> None:
         t0 = time.perf_counter()
-        result = await Evaluate(
-            program,
-            valset,
-            self.metric,
-            concurrency=self.concurrency,
-            threshold=self.threshold,
-            lm=self.lm,
-            progress=False,
-        ).run()
+        result = await score_candidate(program, valset, self)
         candidate = Candidate(
             index=len(self.candidates),
             description=description,

@@ -16,9 +16,12 @@ import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rhizome.engine.trace import jsonable
+
+if TYPE_CHECKING:
+    from rhizome.engine.graph import Graph
 
 TRACE_SAMPLE = 20
 
@@ -76,9 +79,9 @@ class RunRecorder:
                 self.append("traces.jsonl", {"index": r.index, "trace": r.trace.to_dict()})
                 sampled += 1
 
-    def write_program(self, program_json: str) -> None:
-        """Save the final program JSON as ``program.json``."""
-        (self.path / "program.json").write_text(program_json, encoding="utf-8")
+    def write_program(self, program: Graph) -> None:
+        """Save the final program as ``program.json`` (see :meth:`Graph.save`)."""
+        program.save(self.path / "program.json")
 
     def finish(self, summary: dict[str, Any], *, status: str = "finished") -> None:
         """Record the summary, status and wall time."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from rhizome.engine.errors import ConfigError
 from rhizome.tools.chroma import ChromaRetriever
 from rhizome.tools.embeddings import Embedder
-from rhizome.tools.retrievers import InMemoryRetriever
+from rhizome.tools.retrievers import InMemoryRetriever, document_id
 
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
@@ -144,7 +144,7 @@ def _document(doc: str | Mapping[str, Any]) -> tuple[str, str, str, dict[str, An
         keys = sorted(doc) if isinstance(doc, Mapping) else type(doc).__name__
         raise ConfigError(f"a document is a string or a dict with a 'text' key; got {keys}")
     text = str(doc["text"])
-    doc_id = str(doc.get("id") or hashlib.sha256(text.encode()).hexdigest()[:16])
+    doc_id = document_id(doc, text)
     title = str(doc.get("title") or "")
     meta = {k: v for k, v in doc.items() if k not in _RESERVED and _scalar(v)}
     meta.update(doc.get("metadata") or {})

@@ -81,6 +81,11 @@ def check_k(k: int) -> int:
     return k
 
 
+def document_id(doc: Mapping[str, Any], text: str) -> str:
+    """A document's ``id``, or one derived from its ``text`` so the same text keeps one id."""
+    return str(doc.get("id") or hashlib.sha256(text.encode()).hexdigest()[:16])
+
+
 # --- metadata filters -------------------------------------------------------------------
 
 _COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
@@ -191,7 +196,7 @@ class InMemoryRetriever:
             if "text" not in doc:
                 raise ConfigError(f"a document needs a 'text' key; got keys {sorted(doc)}")
             text = str(doc["text"])
-            ids.append(str(doc.get("id") or hashlib.sha256(text.encode()).hexdigest()[:16]))
+            ids.append(document_id(doc, text))
             texts.append(text)
             metas.append(dict(doc.get("metadata") or {}))
         self.upsert(ids, texts, metas)
