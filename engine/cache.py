@@ -8,8 +8,9 @@ statements on a primary key, microseconds long, so they run inline.
 
 A corrupt file never stops a program: it is moved aside to
 ``<name>.corrupt-<timestamp>``, a fresh cache is created and a
-:class:`RuntimeWarning` says so. A failing lookup is a miss and a failing write
-is skipped, with a logged warning.
+:class:`RuntimeWarning` says so — when the cache is opened, or when a lookup
+or write finds the file damaged half-way through a run. Any other failing
+lookup is a miss and a failing write is skipped, with a logged warning.
 
 Switches: ``OpenAILM(cache=None)`` turns caching off for one client; the
 environment variable ``RHIZOME_CACHE=0`` turns the default cache off, and
@@ -66,6 +67,8 @@ class ResponseCache:
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._prepared = False
+        self._inode: int | None = None
+        self._generation = 0  # bumped each time a corrupt file is set aside mid-run
 
     def __repr__(self) -> str:
         return f"ResponseCache({str(self.path)!r})"
@@ -81,11 +84,7 @@ class ResponseCache:
     def get_sync(self, key: str) -> str | None:
         """Blocking form of :meth:`get`."""
         try:
-            row = (
-                self._connection()
-                .execute("SELECT value FROM responses WHERE key = ?", (key,))
-                .fetchone()
-            )
+            row = self._execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
         except sqlite3.Error as exc:
             logger.warning("response cache %s: lookup failed (%s); treating as a miss", self, exc)
             return None
@@ -94,7 +93,7 @@ class ResponseCache:
     def put_sync(self, key: str, value: str) -> None:
         """Blocking form of :meth:`put`."""
         try:
-            self._connection().execute(
+            self._execute(
                 "INSERT OR REPLACE INTO responses (key, value, created) VALUES (?, ?, ?)",
                 (key, value, time.time()),
             )
@@ -118,6 +117,34 @@ class ResponseCache:
             connection.close()
 
     # ---- connections ----------------------------------------------------
+
+    def _execute(self, sql: str, parameters: tuple[object, ...]) -> sqlite3.Cursor:
+        """Run one statement; if the file turns out corrupt, set it aside and run it afresh."""
+        generation = self._generation
+        try:
+            return self._connection().execute(sql, parameters)
+        except sqlite3.DatabaseError as exc:
+            if not _is_corrupt(exc):
+                raise
+            self._recover(generation, exc)
+            return self._connection().execute(sql, parameters)
+
+    def _recover(self, generation: int, exc: sqlite3.DatabaseError) -> None:
+        """Move a file found corrupt mid-run aside, once, whichever thread finds it first."""
+        moved = None
+        with self._lock:
+            if generation != self._generation:
+                return  # another thread already recovered: a fresh file is in place
+            self._generation += 1
+            connections, self._connections = self._connections, []
+            self._local = threading.local()
+            for connection in connections:
+                connection.close()
+            if _inode(self.path) == self._inode:  # else another process already replaced it
+                moved = self._quarantine()
+            self._prepared = False
+        if moved is not None:
+            self._warn_moved(exc, moved)
 
     def _connection(self) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
@@ -154,13 +181,17 @@ class ResponseCache:
                 raise  # locked, or no permission: not corruption; the caller logs it
             moved = self._quarantine()
             self._create()
-            warnings.warn(
-                f"response cache {self.path} was unreadable ({exc}); moved it to {moved} "
-                "and started an empty cache",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            self._warn_moved(exc, moved)
+        self._inode = _inode(self.path)
         self._prepared = True
+
+    def _warn_moved(self, exc: Exception, moved: Path) -> None:
+        warnings.warn(
+            f"response cache {self.path} was unreadable ({exc}); moved it to {moved} "
+            "and started an empty cache",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
     def _create(self) -> None:
         connection = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
@@ -179,3 +210,18 @@ class ResponseCache:
             if side.exists():
                 side.replace(moved.with_name(moved.name + suffix))
         return moved
+
+
+def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
+    """True for "database disk image is malformed" and "file is not a database"."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return type(exc) is sqlite3.DatabaseError
+    return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None

@@ -90,7 +90,9 @@ class Journal:
                     "run directory (an evaluation's run record?); pass another run_dir"
                 )
             meta = {"kind": "batch", "program": program}
-            meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            tmp = meta_path.with_name(META_FILE + ".tmp")
+            tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            os.replace(tmp, meta_path)  # atomic: a run killed here leaves no half file
             return
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))

@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import math
 import os
+import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -115,26 +117,47 @@ def load(graph: Graph, path: str | Path, *, strict: bool = True) -> None:
 
 
 def _read(path: Path) -> Any:
+    text = _read_text(path)
     try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise SaveError(f"no saved program at {str(path)!r}") from None
-    if size > MAX_BYTES:
-        raise SaveError(
-            f"{str(path)!r} is {size / 1e6:.1f} MB, over the {MAX_BYTES // 2**20} MiB limit "
-            "for saved programs; is it the right file?"
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise SaveError(f"{str(path)!r} is not UTF-8 text: {exc}") from None
-    try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise SaveError(
             f"{str(path)!r} is not valid JSON (truncated or damaged?): {exc.msg} at line "
             f"{exc.lineno} column {exc.colno}"
         ) from None
+    except RecursionError:
+        raise SaveError(f"{str(path)!r} is nested too deeply to be a saved program") from None
+    except ValueError as exc:  # NaN/Infinity, or an integer with thousands of digits
+        raise SaveError(f"{str(path)!r} is not a saved program: {exc}") from None
+
+
+def _read_text(path: Path) -> str:
+    """The file's text, read through one handle with a size cap (devices and FIFOs refused)."""
+    try:
+        # Non-blocking, so that opening a FIFO does not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise SaveError(f"{str(path)!r} is not a regular file")
+            data = handle.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise SaveError(f"no saved program at {str(path)!r}") from None
+    except OSError as exc:
+        raise SaveError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    if len(data) > MAX_BYTES:
+        raise SaveError(
+            f"{str(path)!r} is {info.st_size / 1e6:.1f} MB, over the {MAX_BYTES // 2**20} MiB "
+            "limit for saved programs; is it the right file?"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SaveError(f"{str(path)!r} is not UTF-8 text: {exc}") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"it holds {name}, which JSON does not allow")
 
 
 def _checked(data: Any, path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -169,9 +192,11 @@ def _check_state(where: str, p_path: str, state: Any) -> None:
         raise SaveError(f"{where}: '{key}.demos' must be a list of objects")
     temperature = state.get("temperature")
     if temperature is not None and (
-        isinstance(temperature, bool) or not isinstance(temperature, int | float)
+        isinstance(temperature, bool)
+        or not isinstance(temperature, int | float)
+        or not math.isfinite(temperature)
     ):
-        raise SaveError(f"{where}: '{key}.temperature' must be a number or null")
+        raise SaveError(f"{where}: '{key}.temperature' must be a finite number or null")
 
 
 def _json_name(kind: type) -> str:

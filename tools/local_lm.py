@@ -57,7 +57,9 @@ LOCAL_CAPABILITIES = Capabilities(json_schema=True, tools=False, n=True, json_ke
 _LOCAL_API_KEY = "sk-local-no-key"
 
 
-def _client_for(server: LocalServer, *, timeout: float, cache: Any) -> OpenAILM:
+def _client_for(
+    server: LocalServer, *, timeout: float, cache: Any, temperature: float | None
+) -> OpenAILM:
     from rhizome.engine.client import OpenAILM
 
     return OpenAILM(
@@ -69,6 +71,7 @@ def _client_for(server: LocalServer, *, timeout: float, cache: Any) -> OpenAILM:
         cache=cache,
         capabilities=LOCAL_CAPABILITIES,
         cache_namespace=f"local:{server.config.model_name}",
+        temperature=temperature,
     )
 
 
@@ -81,6 +84,7 @@ def local_lm(
     threads: int | None = None,
     port: int | None = None,
     request_timeout: float = 600.0,
+    temperature: float | None = 0.0,
     cache: Any = "default",
     log_path: str | os.PathLike[str] | None = None,
 ) -> Iterator[OpenAILM]:
@@ -95,6 +99,8 @@ def local_lm(
         threads: CPU threads; None uses every usable core.
         port: TCP port on 127.0.0.1; None picks a free one.
         request_timeout: Seconds the client waits for one reply (CPU decoding is slow).
+        temperature: Default sampling temperature; 0 makes evaluations repeatable
+            (nodes that sample several attempts set their own).
         cache: The client's response cache, passed to ``OpenAILM(cache=...)``.
         log_path: Where the server log goes; None puts it under the cache dir.
 
@@ -110,7 +116,7 @@ def local_lm(
         log_path=log_path,
     )
     with server:
-        yield _client_for(server, timeout=request_timeout, cache=cache)
+        yield _client_for(server, timeout=request_timeout, cache=cache, temperature=temperature)
 
 
 @contextlib.asynccontextmanager
@@ -122,6 +128,7 @@ async def async_local_lm(
     threads: int | None = None,
     port: int | None = None,
     request_timeout: float = 600.0,
+    temperature: float | None = 0.0,
     cache: Any = "default",
     log_path: str | os.PathLike[str] | None = None,
 ) -> AsyncIterator[OpenAILM]:
@@ -142,7 +149,7 @@ async def async_local_lm(
 
     server = await anyio.to_thread.run_sync(start)
     try:
-        lm = _client_for(server, timeout=request_timeout, cache=cache)
+        lm = _client_for(server, timeout=request_timeout, cache=cache, temperature=temperature)
         try:
             yield lm
         finally:
