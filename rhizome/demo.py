@@ -47,9 +47,9 @@ def build_graph(retriever: Retriever, *, k: int = 2) -> Graph:
             Predict(
                 "question, context: list[str] -> query",
                 instruction=(
-                    "The context does not fully answer the question. Write a short search "
-                    "query naming the person, place or company from the context whose "
-                    "details are still needed."
+                    "Name the one thing the question still needs: the town, company, river "
+                    "or person mentioned in the context that leads to the answer. Reply "
+                    "with just that name."
                 ),
             ),
         )
@@ -92,7 +92,7 @@ class DemoOptions:
     out: Path = Path("rhizome-demo")
     model_path: str | None = None
     dev_size: int = 40
-    train_size: int = 40
+    train_size: int = 80
     demos: int = 3
     concurrency: int = 4
     k: int = 2

@@ -49,14 +49,14 @@ async def _measure(lm: LM, graph: Graph, args: argparse.Namespace) -> list[dict[
         "JointSearch": JointSearch(
             metric, num_trials=args.trials, prompt_lm=lm, num_instructions=3, num_demo_sets=3,
             max_bootstrapped_demos=3, max_labeled_demos=0, minibatch_size=10, full_eval_every=6,
-            parallel=2, concurrency=4, valset=train[40:70], lm=lm, seed=0,
+            parallel=2, concurrency=4, valset=train[80:110], lm=lm, seed=0,
             run_dir=args.out / "runs" / "joint-opt",
         ),
     }  # fmt: skip
     for name, optimizer in optimizers.items():
         before = lm.usage.snapshot()["calls"]
         t0 = time.perf_counter()
-        tuned = await optimizer.optimize(graph, train[:40])
+        tuned = await optimizer.optimize(graph, train[:80])
         spent = {
             "opt_calls": lm.usage.snapshot()["calls"] - before,
             "opt_seconds": time.perf_counter() - t0,
