@@ -100,18 +100,26 @@ def load_program(spec: str, params: str | Path | None = None) -> Graph:
     module_name, attribute = parse_spec(spec)
     module = import_module(module_name)
     if not hasattr(module, attribute):
-        public = sorted(
-            n for n, v in vars(module).items() if not n.startswith("_") and callable(v)
-        )
         raise ConfigError(
-            f"module {module_name!r} has no attribute {attribute!r}; its callables are: "
-            f"{', '.join(public) or 'none'}"
+            f"module {module_name!r} has no attribute {attribute!r}; it defines: "
+            f"{', '.join(_candidates(module)) or 'no functions or graphs'}"
         )
     graph = _as_graph(getattr(module, attribute), spec)
     graph.validate()
     if params is not None:
         graph.load(params)
     return graph
+
+
+def _candidates(module: ModuleType) -> list[str]:
+    """Names a PROGRAM could point at: the module's own functions, and nodes or graphs."""
+    return sorted(
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_")
+        and (isinstance(value, Node) or getattr(value, "__module__", None) == module.__name__)
+        and (callable(value) or isinstance(value, Node))
+    )
 
 
 def _as_graph(value: object, spec: str) -> Graph:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -25,11 +25,11 @@ class ServeMetrics:
         self._lock = threading.Lock()
         self.requests: Counter[tuple[str, str, int]] = Counter()
         self.latency_buckets: dict[str, list[int]] = {}
-        self.latency_sum: Counter[str] = Counter()
+        self.latency_sum: defaultdict[str, float] = defaultdict(float)
         self.latency_count: Counter[str] = Counter()
         self.runs: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
-        self.usage: Counter[str] = Counter()
+        self.usage: defaultdict[str, float] = defaultdict(float)
         self.in_flight = 0
 
     def request_started(self) -> None:
@@ -77,7 +77,7 @@ class ServeMetrics:
             for bound, n in zip(BUCKETS, buckets, strict=True):
                 lines.append(f"{name}_bucket{_labels(route=route, le=repr(bound))} {n}")
             count = self.latency_count[route]
-            lines.append(f'{name}_bucket{_labels(route=route, le="+Inf")} {count}')
+            lines.append(f"{name}_bucket{_labels(route=route, le='+Inf')} {count}")
             lines.append(f"{name}_sum{_labels(route=route)} {self.latency_sum[route]:.6f}")
             lines.append(f"{name}_count{_labels(route=route)} {count}")
         _head(lines, "rhizome_http_requests_in_flight", "gauge", "Requests being answered.")

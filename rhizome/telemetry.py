@@ -61,9 +61,7 @@ class Telemetry:
     def __init__(self, *, tracer_provider: Any = None, enabled: bool = True) -> None:
         otel = _otel() if enabled else None
         self._otel = otel
-        self._tracer = (
-            otel.get_tracer("rhizome", tracer_provider=tracer_provider) if otel else None
-        )
+        self._tracer = otel.get_tracer("rhizome", tracer_provider=tracer_provider) if otel else None
 
     @property
     def enabled(self) -> bool:
@@ -76,6 +74,7 @@ class Telemetry:
         inputs: Mapping[str, Any],
         *,
         lm: LM | None = None,
+        trace: Trace | None = None,
         attributes: Mapping[str, Any] | None = None,
     ) -> Prediction:
         """Run ``graph`` once inside a run span; node and LM spans are added when it ends.
@@ -84,13 +83,14 @@ class Telemetry:
             graph: The graph to run.
             inputs: Its input values.
             lm: The default LM for the run.
+            trace: A trace to record into (it keeps what ran even when the run fails).
             attributes: Extra attributes for the run span (e.g. the request id).
 
         Raises:
             Whatever :meth:`Graph.run <rhizome.engine.graph.Graph.run>` raises; the
             span is then marked as failed.
         """
-        trace = Trace()
+        trace = trace if trace is not None else Trace()
         plan = graph.validate()._validated()
         if self._tracer is None:
             return await run_traced(plan, inputs, trace=trace, lm=lm)
@@ -99,6 +99,25 @@ class Telemetry:
                 return await run_traced(plan, inputs, trace=trace, lm=lm)
             finally:
                 self.record(trace, span)
+
+    def emit(self, name: str, trace: Trace) -> None:
+        """Emit the spans of a run that already happened (a batch result's trace).
+
+        The run span covers its node records; a failed run (``trace.error``) is
+        marked as such.
+        """
+        if self._tracer is None or self._otel is None:
+            return
+        records = trace.records
+        start = min((r.started for r in records if r.started), default=time.time())
+        end = max((r.started + r.latency for r in records if r.started), default=start)
+        span = self._tracer.start_span(
+            f"rhizome.run {name}", attributes={"rhizome.graph": name}, start_time=_ns(start)
+        )
+        if trace.error:
+            span.set_status(self._otel.Status(self._otel.StatusCode.ERROR, trace.error))
+        self.record(trace, span)
+        span.end(end_time=_ns(end))
 
     @contextlib.contextmanager
     def _run_span(self, name: str, attributes: Mapping[str, Any] | None) -> Iterator[Any]:
@@ -124,7 +143,8 @@ class Telemetry:
             spans[record.node] = span
 
     def _node_span(self, record: NodeRecord, parent: Any) -> Any:
-        assert self._tracer is not None and self._otel is not None
+        assert self._tracer is not None
+        assert self._otel is not None
         attrs: dict[str, Any] = {"rhizome.node": record.node, "rhizome.node.kind": record.kind}
         if record.iteration is not None:
             attrs["rhizome.node.iteration"] = record.iteration
@@ -144,7 +164,8 @@ class Telemetry:
         return span
 
     def _lm_span(self, call: LMCall, record: NodeRecord, parent: Any, start: float) -> float:
-        assert self._tracer is not None and self._otel is not None
+        assert self._tracer is not None
+        assert self._otel is not None
         attrs: dict[str, Any] = {
             "gen_ai.operation.name": "chat",
             "gen_ai.usage.input_tokens": call.usage.prompt_tokens,

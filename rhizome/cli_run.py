@@ -1,0 +1,299 @@
+"""``rhizome run``, ``rhizome batch`` and ``rhizome inspect``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from rhizome.cli_common import (
+    CommandError,
+    add_lm,
+    add_otel,
+    add_program,
+    format_value,
+    last_trace_path,
+    load_graph,
+    open_lm,
+    open_telemetry,
+    parse_inputs,
+    positive,
+    print_json,
+    read_examples,
+    require_lm,
+)
+from rhizome.cli_results import ResultsFile
+from rhizome.engine.trace import Trace, jsonable
+from rhizome.serve_schema import check_inputs
+
+if TYPE_CHECKING:
+    from rhizome.engine.batch import BatchResult
+    from rhizome.engine.graph import Graph
+    from rhizome.engine.lm import LM
+    from rhizome.telemetry import Telemetry
+
+Sub = argparse._SubParsersAction  # type: ignore[type-arg]
+RAW = argparse.RawDescriptionHelpFormatter
+
+RUN_HELP = """\
+Run the program once on one set of inputs and print its outputs. The run's
+trace is kept for `rhizome inspect`.
+
+example:
+  rhizome run examples.qa:build --input '{"question": "What is the capital of France?"}' \\
+      --base-url http://localhost:8000/v1 --model my-model
+  rhizome run examples.qa:build -p runs/qa/program.json --input @question.json --json
+"""
+
+BATCH_HELP = """\
+Run the program on every line of a JSONL file, writing one JSON line per example
+as it finishes: {"index", "inputs", "outputs", "error", "usage"}. Re-running with
+the same --out resumes: lines already written without error are skipped (failed
+ones are retried), and the finished file is sorted by index.
+
+example:
+  rhizome batch examples.qa:build questions.jsonl --out results.jsonl --concurrency 8
+"""
+
+INSPECT_HELP = """\
+Show the last LM calls: the messages sent and the replies. Reads the trace of
+the last `rhizome run`, a trace JSON file, or a run directory's traces.jsonl.
+
+example:
+  rhizome inspect
+  rhizome inspect runs/qa/before -n 3
+"""
+
+
+def add_parsers(sub: Sub) -> None:
+    """Register ``run``, ``batch`` and ``inspect``."""
+    p = sub.add_parser("run", help="run a program once", description=RUN_HELP, formatter_class=RAW)
+    add_program(p)
+    p.add_argument("-i", "--input", required=True, help="inputs as JSON, @file.json, or - (stdin)")
+    p.add_argument("--json", action="store_true", help="print outputs, usage and latency as JSON")
+    p.add_argument("--trace", action="store_true", help="print the run's trace on stderr")
+    add_lm(p)
+    add_otel(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "batch", help="run a program over a JSONL file", description=BATCH_HELP, formatter_class=RAW
+    )
+    add_program(p)
+    p.add_argument("data", type=Path, metavar="DATA.jsonl", help="one JSON object of inputs a line")
+    p.add_argument("-o", "--out", type=Path, help="results file (JSONL; stdout when omitted)")
+    p.add_argument("-c", "--concurrency", type=positive, default=8, help="examples in flight")
+    p.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
+    p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_lm(p)
+    add_otel(p)
+    p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser(
+        "inspect",
+        help="show the last prompts and replies",
+        description=INSPECT_HELP,
+        formatter_class=RAW,
+    )
+    p.add_argument("source", nargs="?", type=Path, help="trace file or run directory")
+    p.add_argument("-n", type=positive, default=1, help="how many LM calls (latest last)")
+    p.add_argument("--json", action="store_true", help="print the calls as JSON")
+    p.set_defaults(func=cmd_inspect)
+
+
+# ---- run ---------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``rhizome run``."""
+    graph = load_graph(args)
+    inputs = check_inputs(graph, parse_inputs(args.input))
+    trace = Trace()
+    with open_lm(args) as lm, open_telemetry(args) as telemetry:
+        require_lm(graph, lm)
+        start = time.perf_counter()
+        try:
+            run = functools.partial(telemetry.run, graph, inputs, lm=lm, trace=trace)
+            prediction = anyio.run(run)
+        finally:
+            _keep_trace(trace)
+            if args.trace:
+                print(trace.format(), file=sys.stderr)
+    outputs = dict(prediction)
+    if args.json:
+        usage = trace.usage()
+        print_json({"outputs": outputs, "usage": usage, "latency": time.perf_counter() - start})
+    else:
+        for name, value in outputs.items():
+            print(f"{name}: {format_value(value)}")
+    return 0
+
+
+def _keep_trace(trace: Trace) -> None:
+    path = last_trace_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(trace.to_json(), encoding="utf-8")
+    except OSError as exc:  # keeping the trace is a convenience, never a failure
+        print(f"rhizome: note: could not keep the trace in {path}: {exc}", file=sys.stderr)
+
+
+# ---- batch -------------------------------------------------------------------------
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    """``rhizome batch``."""
+    graph = load_graph(args)
+    examples = read_examples(args.data)
+    names = list(graph.inputs)
+    inputs = [jsonable(e.inputs(names)) for e in examples]
+    results = ResultsFile(args.out, overwrite=args.overwrite)
+    done = results.resume(inputs)
+    todo = [i for i in range(len(examples)) if i not in done]
+    counts = {"ran": 0, "ok": 0, "failed": 0, "skipped": len(done)}
+    if todo:
+        with open_lm(args) as lm, open_telemetry(args) as telemetry:
+            require_lm(graph, lm)
+            job = _BatchJob(
+                graph=graph,
+                lm=lm,
+                telemetry=telemetry,
+                results=results,
+                counts=counts,
+                inputs=inputs,
+            )
+            anyio.run(job.run, [examples[i] for i in todo], todo, args)
+    results.finish()
+    _batch_summary(args, counts, len(examples))
+    return 0
+
+
+@dataclasses.dataclass(kw_only=True)
+class _BatchJob:
+    graph: Graph
+    lm: LM | None
+    telemetry: Telemetry
+    results: ResultsFile
+    counts: dict[str, int]
+    inputs: list[dict[str, Any]]
+
+    async def run(self, pending: list[Any], indices: list[int], args: argparse.Namespace) -> None:
+        progress = False if args.quiet else None
+        stream = self.graph.stream(
+            pending, concurrency=args.concurrency, lm=self.lm, progress=progress
+        )
+        async with contextlib.aclosing(stream):
+            async for result in stream:
+                self._keep(indices[result.index], result)
+
+    def _keep(self, index: int, result: BatchResult) -> None:
+        self.results.write(_row(index, self.inputs[index], result))
+        if result.trace is not None:
+            self.telemetry.emit(self.graph.name, result.trace)
+        self.counts["ran"] += 1
+        self.counts["ok" if result.ok else "failed"] += 1
+
+
+def _row(index: int, inputs: dict[str, Any], result: BatchResult) -> dict[str, Any]:
+    return {
+        "index": index,
+        "inputs": inputs,
+        "outputs": jsonable(dict(result.prediction)) if result.prediction is not None else None,
+        "error": result.error,
+        "usage": result.trace.usage() if result.trace is not None else {},
+    }
+
+
+def _batch_summary(args: argparse.Namespace, counts: dict[str, int], total: int) -> None:
+    where = str(args.out) if args.out else "stdout"
+    summary = {**counts, "total": total, "out": where}
+    if args.json and args.out:
+        print_json(summary)
+    else:
+        print(
+            f"batch: {counts['ran']} ran ({counts['ok']} ok, {counts['failed']} failed), "
+            f"{counts['skipped']} already done; results in {where}",
+            file=sys.stderr,
+        )
+    if counts["failed"]:
+        raise CommandError(
+            f"{counts['failed']} of {total} examples failed; see the 'error' field in {where}",
+            hint="fix the cause and run the same command again: only failed lines re-run",
+        )
+
+
+# ---- inspect -----------------------------------------------------------------------
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """``rhizome inspect``."""
+    source = args.source or last_trace_path()
+    calls = _calls_in(source)[-args.n :]
+    if not calls:
+        raise CommandError(f"no LM calls recorded in {source}")
+    if args.json:
+        print_json(calls)
+        return 0
+    for call in calls:
+        print(_format_call(call))
+    return 0
+
+
+def _calls_in(source: Path) -> list[dict[str, Any]]:
+    if source.is_dir():
+        traces_file = source / "traces.jsonl"
+        if not traces_file.is_file():
+            raise CommandError(
+                f"{source} holds no traces.jsonl",
+                hint="evaluations write traces into their run directory",
+            )
+        traces = [_json(line, traces_file).get("trace", {}) for line in _lines(traces_file)]
+    elif source.is_file():
+        traces = [_json(source.read_text(encoding="utf-8"), source)]
+    else:
+        raise CommandError(f"no trace at {source}", hint="run `rhizome run ...` first")
+    return [
+        {"node": r.get("node", "?"), "kind": r.get("kind", "?"), **call}
+        for t in traces
+        for r in t.get("records", [])
+        for call in r.get("calls", [])
+    ]
+
+
+def _lines(path: Path) -> list[str]:
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _json(text: str, where: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise CommandError(f"{where} is not a trace (not valid JSON)") from None
+    if not isinstance(value, dict):
+        raise CommandError(f"{where} is not a trace (not a JSON object)")
+    return value
+
+
+def _format_call(call: dict[str, Any]) -> str:
+    usage = call.get("usage") or {}
+    tokens = f"{usage.get('prompt_tokens', 0)}+{usage.get('completion_tokens', 0)} tokens"
+    flags = " · cached" if call.get("cached") else ""
+    head = f"── {call.get('predictor') or call['node']} ({call['kind']}) · {tokens}{flags} ──"
+    lines = [head]
+    for message in call.get("messages", []):
+        lines.append(f"[{message.get('role', '?')}]")
+        lines.append(format_value(message.get("content") or ""))
+    lines.append("[reply]")
+    lines.append(call.get("reply", ""))
+    if call.get("error"):
+        lines.append(f"[error] {call['error']}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,170 @@
+"""The ASGI layers in front of the served program: metrics, bearer-token auth, body limits.
+
+Each is plain ASGI middleware (no request buffering beyond the size limit, no
+``BaseHTTPMiddleware``), so streaming responses and client disconnects pass
+through untouched. Errors are answered as ``{"error": {"type", "message"}}``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from rhizome.serve_metrics import ServeMetrics
+
+ROUTES = frozenset({"/v1/predict", "/v1/batch", "/healthz", "/metrics", "/docs", "/openapi.json"})
+OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+_BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+
+
+def error_response(
+    status: int, kind: str, message: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    """The JSON error body every endpoint answers with."""
+    return JSONResponse(
+        {"error": {"type": kind, "message": message, **extra}}, status_code=status, headers=headers
+    )
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return bytes(value)
+    return None
+
+
+class MetricsMiddleware:
+    """Count every HTTP request by method, route and status, with its latency."""
+
+    def __init__(self, app: ASGIApp, metrics: ServeMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        start = time.perf_counter()
+
+        async def observe(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        self.metrics.request_started()
+        try:
+            await self.app(scope, receive, observe)
+        finally:
+            route = scope["path"] if scope["path"] in ROUTES else "other"
+            elapsed = time.perf_counter() - start
+            self.metrics.request_finished(scope["method"], route, status, elapsed)
+
+
+class AuthMiddleware:
+    """Require ``Authorization: Bearer <token>`` on every path but health and docs."""
+
+    def __init__(self, app: ASGIApp, token: str, open_paths: Iterable[str] = OPEN_PATHS) -> None:
+        self.app = app
+        self._expected = f"Bearer {token}".encode()
+        self._open = frozenset(open_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self._open:
+            await self.app(scope, receive, send)
+            return
+        given = _header(scope, b"authorization")
+        if given is not None and hmac.compare_digest(given, self._expected):
+            await self.app(scope, receive, send)
+            return
+        message = (
+            "missing bearer token: send 'Authorization: Bearer <token>'"
+            if given is None
+            else "invalid bearer token"
+        )
+        response = error_response(
+            401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="rhizome"'}
+        )
+        await response(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``max_bytes`` with 413, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in _BODYLESS:
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._too_large(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        await self.app(scope, _replay(b"".join(chunks), receive), send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(
+            413,
+            "request_too_large",
+            f"the request body is over the {self.max_bytes}-byte limit; send fewer or "
+            "smaller examples (the server's --max-body-bytes sets the limit)",
+        )
+        await response(scope, receive, send)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # later reads wait for the disconnect, as Starlette expects
+
+    return replay
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warning(host: str, token: str | None) -> str | None:
+    """A warning when the server listens beyond loopback without a token, else None."""
+    if token or is_loopback(host):
+        return None
+    return (
+        f"warning: serving on {host} without a token: anyone who can reach this port can "
+        "run the program (and spend its LM budget); set RHIZOME_SERVE_TOKEN (or the "
+        "variable named by --token-env), or bind to 127.0.0.1"
+    )
