@@ -10,7 +10,8 @@ reply in whichever format the prompt asks for, so clients parse it as a success:
   ``[[ ## completed ## ]]``.
 
 Control endpoints: ``GET /stats`` (``{"requests": n}``, chat requests since the
-last reset), ``POST /reset``, ``POST /config`` with ``{"latency": seconds}``.
+last reset), ``GET /last`` (the last chat request body, which the raw floor
+replays), ``POST /reset``, ``POST /config`` with ``{"latency": seconds}``.
 
 The server is a bare :class:`asyncio.Protocol` on uvloop (when installed): no
 framework, no per-request task, the latency is one ``call_later``. Run it as
@@ -66,6 +67,7 @@ class State:
     def __init__(self, latency: float) -> None:
         self.latency = latency
         self.requests = 0
+        self.last = b"{}"  # the last chat request body, for the raw floor to replay
 
 
 def _value(field: str, kind: str = "string") -> Any:
@@ -170,6 +172,7 @@ class _Connection(asyncio.Protocol):
         state = self.state
         if method == b"post" and path.endswith(b"/chat/completions"):
             state.requests += 1
+            state.last = raw
             try:
                 data = _completion(_loads(raw), state.requests)
                 status = 200
@@ -183,6 +186,8 @@ class _Connection(asyncio.Protocol):
             return
         if path == b"/stats":
             data = _dumps({"requests": state.requests, "latency": state.latency})
+        elif path == b"/last":
+            data = state.last
         elif path == b"/reset":
             state.requests = 0
             data = b"{}"

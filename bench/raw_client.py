@@ -1,8 +1,10 @@
 """The floor: chat requests over raw asyncio streams, no HTTP library at all.
 
-``floor``: sequential requests on one keep-alive connection; the time per call
-is what the server and the loopback cost, subtracted from every client's
-per-call time to get its overhead.
+``floor``: sequential requests on one keep-alive connection, each carrying the
+body of the last chat request the server received (so the floor of a
+framework is measured right after it, with its own request: same bytes, same
+server work); the time per call is what the server and the loopback cost,
+subtracted from the framework's per-call time to get its overhead.
 ``throughput``: ``requests`` requests over ``concurrency`` keep-alive
 connections; what a client that costs almost nothing reaches.
 
@@ -13,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import sys
 import time
+import urllib.request
 from urllib.parse import urlsplit
 
 from common import MODEL, Clock, emit, measure
@@ -22,16 +26,19 @@ from common import MODEL, Clock, emit, measure
 _PROMPT = "Answer the question.\n\n<question>\nWhat is fact number 1?\n</question>"
 
 
-def _request(host: str, port: int, path: str, index: int) -> bytes:
-    body = json.dumps(
-        {
-            "model": MODEL,
-            "messages": [
-                {"role": "system", "content": "Reply with <answer>, closed by its end tag."},
-                {"role": "user", "content": f"{_PROMPT} {index}\n\nReply with <answer>."},
-            ],
-        }
-    ).encode()
+def _request(host: str, port: int, path: str, index: int, body: bytes = b"") -> bytes:
+    body = (
+        body
+        or json.dumps(
+            {
+                "model": MODEL,
+                "messages": [
+                    {"role": "system", "content": "Reply with <answer>, closed by its end tag."},
+                    {"role": "user", "content": f"{_PROMPT} {index}\n\nReply with <answer>."},
+                ],
+            }
+        ).encode()
+    )
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -51,20 +58,37 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     return len(body)
 
 
-async def floor(url: str, requests: int) -> dict[str, float]:
-    """Seconds per sequential request over one raw connection."""
+def last_body(url: str) -> bytes:
+    """The body of the last chat request the server received."""
+    parts = urlsplit(url)
+    with urllib.request.urlopen(f"{parts.scheme}://{parts.netloc}/last", timeout=10) as reply:
+        body: bytes = reply.read()
+        return body
+
+
+async def floor(url: str, requests: int, last: bytes, rounds: int = 5) -> dict[str, float]:
+    """Microseconds per sequential request of ``last`` over one raw connection (median round)."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = parts.path.rstrip("/") + "/chat/completions"
     reader, writer = await asyncio.open_connection(host, port)
-    payloads = [_request(host, port, path, i) for i in range(requests)]
+    payloads = [_request(host, port, path, i, last) for i in range(requests)]
     for data in payloads[:20]:  # warm up
         await _exchange(reader, writer, data)
-    with Clock() as clock:
-        for data in payloads:
-            await _exchange(reader, writer, data)
+    walls, cpus = [], []
+    for _ in range(rounds):
+        with Clock() as clock:
+            for data in payloads:
+                await _exchange(reader, writer, data)
+        walls.append(clock.wall / requests * 1e6)
+        cpus.append(clock.cpu / requests * 1e6)
     writer.close()
-    return {"us_per_call": clock.wall / requests * 1e6, "cpu_us_per_call": clock.cpu / requests * 1e6}
+    return {
+        "us_per_call": statistics.median(walls),
+        "us_per_call_min": min(walls),
+        "cpu_us_per_call": statistics.median(cpus),
+        "request_bytes": len(payloads[0]),
+    }
 
 
 async def throughput(url: str, requests: int, concurrency: int) -> dict[str, float]:
@@ -98,7 +122,8 @@ def main() -> None:
     concurrency = int(sys.argv[4]) if len(sys.argv) > 4 else 256
     start = time.perf_counter()
     if mode == "floor":
-        result = measure(lambda: asyncio.run(floor(url, requests)))
+        last = last_body(url)
+        result = measure(lambda: asyncio.run(floor(url, requests, last)))
     else:
         result = measure(lambda: asyncio.run(throughput(url, requests, concurrency)))
     result["elapsed_s"] = time.perf_counter() - start

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,7 @@ from typing import Any
 # Import the working tree's rhizome whatever the installed copy says.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import MODEL, Clock, emit, measure, questions, retrieve, server_stats
-
-
-def _base(url: str) -> str:
-    return url.rsplit("/v1", 1)[0]
+from common import MODEL, Clock, emit, measure, questions, retrieve
 
 
 def _lm(url: str, concurrency: int) -> Any:
@@ -48,8 +45,8 @@ def pipeline() -> Any:
     return graph.validate()
 
 
-async def overhead(url: str, calls: int) -> dict[str, Any]:
-    """Microseconds per sequential single-node run."""
+async def overhead(url: str, calls: int, rounds: int = 5) -> dict[str, Any]:
+    """Microseconds per sequential single-node run: the median of ``rounds`` rounds."""
     from rhizome import Graph, Predict
 
     graph = Graph("one").add("answer", Predict("question -> answer")).validate()
@@ -57,18 +54,25 @@ async def overhead(url: str, calls: int) -> dict[str, Any]:
     items = questions(calls + 20)
     for q in items[calls:]:  # warm up: connections, caches of templates
         await graph.run(question=q, lm=lm)
-    before = server_stats(_base(url))["requests"]
-    with Clock() as clock:
-        for q in items[:calls]:
-            prediction = await graph.run(question=q, lm=lm)
+    walls, cpus = [], []
+    for _ in range(rounds):
+        with Clock() as clock:
+            for q in items[:calls]:
+                prediction = await graph.run(question=q, lm=lm)
+        walls.append(clock.wall / calls * 1e6)
+        cpus.append(clock.cpu / calls * 1e6)
     assert prediction["answer"], prediction
     await lm.aclose()
-    sent = server_stats(_base(url))["requests"] - before
+    return _per_call(calls, rounds, walls, cpus)
+
+
+def _per_call(calls: int, rounds: int, walls: list[float], cpus: list[float]) -> dict[str, Any]:
     return {
         "calls": calls,
-        "server_requests": sent,
-        "us_per_call": clock.wall / calls * 1e6,
-        "cpu_us_per_call": clock.cpu / calls * 1e6,
+        "rounds": rounds,
+        "us_per_call": statistics.median(walls),
+        "us_per_call_min": min(walls),
+        "cpu_us_per_call": statistics.median(cpus),
     }
 
 

@@ -5,15 +5,24 @@ server speaking ``POST {base_url}/chat/completions`` (OpenAI, vLLM, llama.cpp,
 Ollama, LiteLLM ...).
 
 Each attempt holds the endpoint's :class:`anyio.CapacityLimiter`, so every task
-sharing one client shares its ``max_concurrency``. Failures that may pass
+sharing one client shares its ``max_concurrency``. The limit adapts to the
+server: each 429 lowers it by one (down to 1) and a run of successes raises it
+again, so a provider allowing fewer requests at once than ``max_concurrency``
+is learnt from rather than hammered with retries. Failures that may pass
 (HTTP 408/409/429/5xx, connection errors, timeouts, a 200 whose body is not a
 chat completion) are retried up to ``max_retries`` times with exponential
 backoff and jitter, honouring ``Retry-After``; then, or at once for other
 statuses, a typed :class:`~rhizome.engine.errors.LMError` is raised.
 
+Requests go through rhizome's lean HTTP/1.1 pool (:mod:`rhizome.engine.http`),
+whose cost per request does not grow with the number of connections, unlike
+one big httpx pool; the request head is rendered once per client. A
+``transport=`` (e.g. ``httpx.MockTransport``), or a proxy set in the
+environment, sends through an ``httpx.AsyncClient`` instead.
+
 The client may serve several event loops over its life (each sync
-``graph(...)`` call runs a fresh one), so the httpx client and the limiter are
-made per running loop. A loop's client is closed when that loop shuts down
+``graph(...)`` call runs a fresh one), so the connections and the limiter are
+made per running loop. A loop's connections are closed when that loop shuts down
 (through the loop's async-generator shutdown hook) or by :meth:`OpenAILM.aclose`.
 The API key is sent in the ``Authorization`` header only: it never appears in
 ``repr``, history, logs or error messages.
@@ -31,10 +40,11 @@ import os
 import random
 import ssl
 import time
+import urllib.request
 import weakref
 from collections import deque
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio
 import httpx
@@ -49,6 +59,7 @@ from rhizome.engine.errors import (
     LMStatusError,
     LMTimeoutError,
 )
+from rhizome.engine.http import HttpPool, Origin
 from rhizome.engine.lm import (
     Capabilities,
     Choice,
@@ -63,7 +74,7 @@ from rhizome.engine.usage import Prices, UsageTracker
 logger = logging.getLogger("rhizome.client")
 
 HISTORY_SIZE = 1000
-SHARD_SIZE = 4  # connections per httpx client; see _open_state
+USER_AGENT = "rhizome/0.1"
 _RETRY_STATUS = frozenset({408, 409, 429})
 _HINTS = {
     400: "the server rejected the request; check that the model supports the options used "
@@ -168,20 +179,48 @@ class _Failure:
         return self.kind(message, attempts=attempts)
 
 
+class _Closeable(Protocol):
+    async def aclose(self) -> None: ...
+
+
 @dataclasses.dataclass(slots=True)
 class _LoopState:
-    """The httpx clients and the limiter serving one event loop."""
+    """The connections and the limiter serving one event loop: a pool or an httpx client.
 
-    clients: list[httpx.AsyncClient]
+    The limiter's size adapts to the server: :meth:`throttle` on every 429,
+    :meth:`relax` on every success, never above ``ceiling`` (``max_concurrency``).
+    """
+
     limiter: anyio.CapacityLimiter
-    free: list[int]
+    pool: HttpPool | None = None
+    client: httpx.AsyncClient | None = None
+    ceiling: int = 1
+    streak: int = 0
+
+    def throttle(self) -> None:
+        """A 429: the server takes fewer requests at once than we send; send one fewer."""
+        self.limiter.total_tokens = max(1, int(self.limiter.total_tokens) - 1)
+        self.streak = 0
+
+    def relax(self) -> None:
+        """A success: after ``4 x limit`` in a row, probe with one more request at once."""
+        limit = int(self.limiter.total_tokens)
+        if limit < self.ceiling:
+            self.streak += 1
+            if self.streak >= 4 * limit:
+                self.limiter.total_tokens = limit + 1
+                self.streak = 0
+
+    @property
+    def closeable(self) -> _Closeable:
+        return self.pool if self.pool is not None else self.client  # type: ignore[return-value]
 
 
 class _LoopClients:
-    """The httpx clients open on one event loop, closed when that loop shuts down."""
+    """The pools and httpx clients open on one event loop, closed when that loop shuts down."""
 
     def __init__(self) -> None:
-        self.clients: set[httpx.AsyncClient] = set()
+        self.clients: set[_Closeable] = set()
         self.keeper: AsyncGenerator[None, None] | None = None
 
 
@@ -194,7 +233,7 @@ _OPEN: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClients] = (
 )
 
 
-async def _register(loop: asyncio.AbstractEventLoop, clients: list[httpx.AsyncClient]) -> None:
+async def _register(loop: asyncio.AbstractEventLoop, clients: list[_Closeable]) -> None:
     entry = _OPEN.get(loop)
     if entry is None:
         entry = _OPEN[loop] = _LoopClients()
@@ -215,7 +254,7 @@ async def _close_at_loop_end(
             await client.aclose()
 
 
-async def _close(loop: asyncio.AbstractEventLoop, clients: list[httpx.AsyncClient]) -> None:
+async def _close(loop: asyncio.AbstractEventLoop, clients: list[_Closeable]) -> None:
     entry = _OPEN.get(loop)
     for client in clients:
         if entry is not None:
@@ -281,6 +320,8 @@ class OpenAILM:
         self._headers.update(headers or {})
         if key:
             self._headers["Authorization"] = f"Bearer {key}"
+        self._origin = Origin.of(httpx.URL(self._url))
+        self._head = _request_head(self._url, self._origin, self._headers)
         self._max_concurrency = max_concurrency
         self._timeout = timeout
         self._max_retries = max_retries
@@ -376,7 +417,7 @@ class OpenAILM:
         loop = asyncio.get_running_loop()
         state = self._states.pop(loop, None)
         if state is not None:
-            await _close(loop, state.clients)
+            await _close(loop, [state.closeable])
 
     async def __aenter__(self) -> OpenAILM:
         return self
@@ -448,29 +489,29 @@ class OpenAILM:
 
     async def _open_state(self, loop: asyncio.AbstractEventLoop) -> _LoopState:
         for old_loop in [old for old in self._states if old.is_closed()]:
-            del self._states[old_loop]  # its clients were closed when it shut down
-        # httpcore scans its whole pool per request, so many small pools beat one big one;
-        # each shard gets exactly as many slots in ``free`` as it has connections.
-        size = self._max_concurrency
-        per = min(size, SHARD_SIZE)
-        shards = -(-size // per)
-        clients = [self._new_client(per) for _ in range(shards)]
-        free = [i % shards for i in range(size)][::-1]
-        state = _LoopState(clients=clients, limiter=anyio.CapacityLimiter(size), free=free)
+            del self._states[old_loop]  # its connections were closed when it shut down
+        if self._origin.scheme == "https" and self._ssl is None:
+            self._ssl = httpx.create_ssl_context()  # loading CA certificates takes ~20 ms: once
+        limiter = anyio.CapacityLimiter(self._max_concurrency)
+        state = _LoopState(limiter=limiter, ceiling=self._max_concurrency)
+        if self._transport is None and not _proxied(self._origin):
+            state.pool = HttpPool(
+                timeout=self._timeout, ssl_context=self._ssl, max_idle=self._max_concurrency
+            )
+        else:
+            state.client = self._new_client()
         self._states[loop] = state
-        await _register(loop, clients)
+        await _register(loop, [state.closeable])
         return state
 
-    def _new_client(self, connections: int) -> httpx.AsyncClient:
-        if self._ssl is None:  # loading CA certificates takes ~20 ms: do it once, share it
-            self._ssl = httpx.create_ssl_context()
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    def _new_client(self) -> httpx.AsyncClient:
+        size = self._max_concurrency
         return httpx.AsyncClient(
             headers=self._headers,
             timeout=httpx.Timeout(self._timeout),
-            limits=limits,
+            limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
             transport=self._transport,
-            verify=self._ssl,
+            verify=self._ssl if self._ssl is not None else True,
         )
 
     async def _send(self, payload: bytes, n: int) -> LMResponse:
@@ -479,7 +520,10 @@ class OpenAILM:
         while True:
             outcome = await self._attempt(state, payload, n)
             if isinstance(outcome, LMResponse):
+                state.relax()
                 return outcome
+            if outcome.status == 429:
+                state.throttle()
             attempts += 1
             if not outcome.retryable or attempts > self._max_retries:
                 raise outcome.error(attempts)
@@ -496,14 +540,18 @@ class OpenAILM:
 
     async def _attempt(self, state: _LoopState, payload: bytes, n: int) -> LMResponse | _Failure:
         try:
-            async with state.limiter:
-                shard = state.free.pop()
-                try:
-                    self.usage.add_request()
-                    start = time.perf_counter()
-                    reply = await state.clients[shard].post(self._url, content=payload)
-                finally:
-                    state.free.append(shard)
+            await _acquire(state.limiter)
+            try:
+                self.usage.add_request()
+                start = time.perf_counter()
+                if state.pool is not None:  # inline: one coroutine fewer per request
+                    data = b"%s%d\r\n\r\n%s" % (self._head, len(payload), payload)
+                    raw = await state.pool.request(self._origin, data)
+                    status, content, headers = raw.status, raw.content, raw.headers
+                else:
+                    status, content, headers = await self._via_httpx(state, payload)
+            finally:
+                state.limiter.release()
         except httpx.TimeoutException as exc:
             message = f"{self._url} did not answer within timeout={self._timeout} s"
             return _Failure(LMTimeoutError, f"{message} ({type(exc).__name__})")
@@ -514,13 +562,20 @@ class OpenAILM:
             detail = self._redact(str(exc)) or type(exc).__name__
             return _Failure(LMConnectionError, f"could not reach {self._url}: {detail}")
         latency = time.perf_counter() - start
-        if not 200 <= reply.status_code < 300:
-            return self._status_failure(reply)
-        return self._parse(reply.content, n, latency)
+        if not 200 <= status < 300:
+            return self._status_failure(status, content, httpx.Headers(headers))
+        return self._parse(content, n, latency)
 
-    def _status_failure(self, reply: httpx.Response) -> _Failure:
-        status = reply.status_code
-        text = self._redact(reply.text[:2000])
+    async def _via_httpx(
+        self, state: _LoopState, payload: bytes
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        """One POST of ``payload`` through httpx: status, body and raw headers of the reply."""
+        assert state.client is not None
+        reply = await state.client.post(self._url, content=payload)
+        return reply.status_code, reply.content, reply.headers.raw
+
+    def _status_failure(self, status: int, content: bytes, headers: httpx.Headers) -> _Failure:
+        text = self._redact(content[:8000].decode(errors="replace")[:2000])
         message = f"{self._url} answered HTTP {status}: {_error_detail(text)}"
         hint = _HINTS.get(status)
         if status == 401:
@@ -533,10 +588,17 @@ class OpenAILM:
         if hint:
             message += f" — {hint}"
         retryable = status in _RETRY_STATUS or status >= 500
-        retry_after = _retry_after(reply.headers) if retryable else None
+        retry_after = _retry_after(headers) if retryable else None
         return _Failure(LMStatusError, message, retryable, retry_after, status, text[:500])
 
     def _parse(self, content: bytes, n: int, latency: float) -> LMResponse | _Failure:
+        fast = _fast_parse(content, n)
+        if fast is not None:
+            model, choices, usage = fast
+            cost = self._prices.cost(usage) if self._prices is not None else 0.0
+            return LMResponse(
+                choices=choices, usage=usage, model=model or self._model, latency=latency, cost=cost
+            )
         try:
             wire = ChatCompletion.model_validate_json(content)
         except ValidationError as exc:
@@ -625,6 +687,83 @@ def _check_config(
             "max_retries, backoff and max_wait must not be negative; got "
             f"max_retries={max_retries}, backoff={backoff}, max_wait={max_wait}"
         )
+
+
+async def _acquire(limiter: anyio.CapacityLimiter) -> None:
+    """Take a slot of ``limiter``; a free one is taken without yielding to the loop.
+
+    anyio's ``acquire`` always yields once, which costs an event-loop iteration
+    per request; waiting for a slot still goes through it (and stays fair).
+    """
+    try:
+        limiter.acquire_nowait()
+    except anyio.WouldBlock:
+        await limiter.acquire()
+
+
+def _request_head(url: str, origin: Origin, headers: Mapping[str, str]) -> bytes:
+    """The request line and headers of every chat request, up to the Content-Length value."""
+    lines = [f"POST {httpx.URL(url).raw_path.decode('ascii')} HTTP/1.1"]
+    lines.append(f"Host: {origin.host_header}")
+    lines.append(f"User-Agent: {USER_AGENT}")
+    lines.extend(f"{name}: {value}" for name, value in headers.items())
+    return ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
+
+
+def _proxied(origin: Origin) -> bool:
+    """True when the environment routes requests to ``origin`` through a proxy."""
+    proxies = urllib.request.getproxies_environment()
+    if not (proxies.get(origin.scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(origin.host)
+
+
+def _fast_parse(content: bytes, n: int) -> tuple[str, tuple[Choice, ...], Usage] | None:
+    """The common reply (text choices, usage) read without pydantic; None for anything else.
+
+    Anything unusual (tool calls, odd types, missing fields, too few choices)
+    returns None, and the pydantic models then parse it or say what is wrong.
+    """
+    try:
+        data = json.loads(content)
+        wires = data["choices"]
+        usage_data = data.get("usage") or {}
+        model = data.get("model", "")
+        prompt = usage_data.get("prompt_tokens", 0)
+        completion = usage_data.get("completion_tokens", 0)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if type(wires) is not list or len(wires) < n or type(model) is not str:
+        return None
+    if type(prompt) is not int or type(completion) is not int:
+        return None
+    found: list[tuple[int, Choice]] = []
+    for wire in wires:
+        choice = _fast_choice(wire)
+        if choice is None:
+            return None
+        found.append(choice)
+    if n > 1:
+        found.sort(key=lambda pair: pair[0])
+    choices = tuple(choice for _, choice in found[:n])
+    return model, choices, Usage(prompt_tokens=prompt, completion_tokens=completion)
+
+
+def _fast_choice(wire: Any) -> tuple[int, Choice] | None:
+    if type(wire) is not dict:
+        return None
+    message = wire.get("message")
+    if type(message) is not dict or message.get("tool_calls"):
+        return None
+    text, finish = message.get("content"), wire.get("finish_reason")
+    index, role = wire.get("index", 0), message.get("role", "assistant")
+    if text is not None and type(text) is not str:
+        return None
+    if (finish is not None and type(finish) is not str) or type(index) is not int:
+        return None
+    if type(role) is not str:
+        return None
+    return index, Choice(text=text or "", finish_reason=finish)
 
 
 def _resolve_cache(cache: object) -> ResponseCache | None:

@@ -46,7 +46,7 @@ class _Run:
     inputs: dict[str, Any]
     prefix: str
     entry_parents: list[str]
-    scope: anyio.CancelScope
+    scope: anyio.CancelScope | None  # None when the nodes run one after another in one task
     done: dict[str, anyio.Event]
     outputs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     error: NodeError | None = None
@@ -58,7 +58,8 @@ class _Run:
         """Keep the first failure as a NodeError and cancel the other nodes."""
         if self.error is None:
             self.error = _as_node_error(self.path(name), self.plan.nodes[name].node.kind, exc)
-        self.scope.cancel()
+        if self.scope is not None:
+            self.scope.cancel()
 
 
 def _as_node_error(path: str, kind: str, exc: Exception) -> NodeError:
@@ -90,6 +91,8 @@ async def execute(
     Raises:
         NodeError: The first node that failed; the original error is its ``__cause__``.
     """
+    if _is_chain(plan):
+        return await _execute_in_order(plan, inputs, prefix, entry_parents)
     async with anyio.create_task_group() as tg:
         run = _Run(
             plan=plan,
@@ -101,6 +104,38 @@ async def execute(
         )
         for name in plan.order:
             tg.start_soon(_node_task, run, name, name=f"rhizome node {prefix}{name}")
+    if run.error is not None:
+        raise run.error
+    return _graph_outputs(run)
+
+
+def _is_chain(plan: Plan) -> bool:
+    """True when no two nodes could ever run at once: each waits for the one before it."""
+    order = plan.order
+    return all(order[i - 1] in plan.nodes[order[i]].preds for i in range(1, len(order)))
+
+
+async def _execute_in_order(
+    plan: Plan, inputs: Mapping[str, Any], prefix: str, entry_parents: list[str] | None
+) -> dict[str, Any]:
+    """Run a chain in this task: the same outcome as the task group, without its cost."""
+    run = _Run(
+        plan=plan,
+        inputs=dict(inputs),
+        prefix=prefix,
+        entry_parents=list(entry_parents or []),
+        scope=None,
+        done={},
+    )
+    for name in plan.order:
+        node_plan = plan.nodes[name]
+        try:
+            gathered = _gather(run, node_plan)
+            if gathered is not None:
+                run.outputs[name] = await _run_node(run, node_plan, *gathered)
+        except Exception as exc:
+            run.fail(name, exc)
+            break
     if run.error is not None:
         raise run.error
     return _graph_outputs(run)
@@ -182,28 +217,26 @@ async def _run_node(
     node, path = plan.node, run.path(plan.name)
     timeout = node.timeout if node.timeout is not None else settings().node_timeout
     record = NodeRecord(node=path, kind=node.kind, inputs=dict(inputs), parents=parents)
-    with node_record(record), _node_path(path):
-        with anyio.move_on_after(timeout) as scope:
-            outputs = await node.forward(**inputs)
-        if scope.cancelled_caught:
-            raise NodeTimeoutError(
-                f"ran past its timeout of {timeout:g} s; raise it with the node's timeout=... "
-                "or rhizome.context(node_timeout=...)",
-                node=path,
-                kind=node.kind,
-            )
-        checked = _check_outputs(plan, outputs)
-        record.outputs = dict(checked)
-    return checked
-
-
-@contextlib.contextmanager
-def _node_path(path: str) -> Iterator[None]:
-    token = _PATH.set(path)
+    path_token = _PATH.set(path)  # set and reset inline: a context manager per node costs
     try:
-        yield
+        with node_record(record):
+            if timeout is None:  # no cancel scope to enter and leave: they cost on every node
+                outputs = await node.forward(**inputs)
+            else:
+                with anyio.move_on_after(timeout) as scope:
+                    outputs = await node.forward(**inputs)
+                if scope.cancelled_caught:
+                    raise NodeTimeoutError(
+                        f"ran past its timeout of {timeout:g} s; raise it with the node's "
+                        "timeout=... or rhizome.context(node_timeout=...)",
+                        node=path,
+                        kind=node.kind,
+                    )
+            checked = _check_outputs(plan, outputs)
+            record.outputs = dict(checked)
     finally:
-        _PATH.reset(token)
+        _PATH.reset(path_token)
+    return checked
 
 
 def _check_outputs(plan: NodePlan, outputs: Any) -> dict[str, Any]:

@@ -48,7 +48,7 @@ def add_program(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "program",
         metavar="PROGRAM",
-        help="MODULE:FACTORY returning a Graph, e.g. examples.qa:build or path/to/file.py:build",
+        help="MODULE:FACTORY returning a Graph, e.g. rhizome.examples:build or file.py:build",
     )
     parser.add_argument(
         "-p", "--params", type=Path, help="saved parameters (JSON from optimize or Graph.save)"

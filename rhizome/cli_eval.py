@@ -48,8 +48,8 @@ metrics: exact_match, token_f1, numeric_match, answer_in_passages, each with an
 optional :FIELD (exact_match:answer), or MODULE:FUNCTION(example, prediction, trace).
 
 example:
-  rhizome eval examples.qa:build dev.jsonl --metric exact_match:answer --run-dir runs/qa-eval
-  rhizome eval examples.qa:build dev.jsonl -p program.json --json
+  rhizome eval rhizome.examples:build dev.jsonl --metric exact_match:answer --run-dir runs/qa-eval
+  rhizome eval rhizome.examples:build dev.jsonl -p program.json --json
 """
 
 OPTIMIZE_HELP = """\
@@ -67,9 +67,9 @@ optimizers:
   copro      instructions rewritten by the LM, coordinate ascent (COPRO)
 
 example:
-  rhizome optimize examples.qa:build train.jsonl --dev dev.jsonl --metric exact_match \\
+  rhizome optimize rhizome.examples:build train.jsonl --dev dev.jsonl --metric exact_match \\
       --optimizer random --trials 6 --run-dir runs/qa --out qa.json
-  rhizome serve examples.qa:build -p qa.json
+  rhizome serve rhizome.examples:build -p qa.json
 """
 
 

@@ -48,9 +48,9 @@ Run the program once on one set of inputs and print its outputs. The run's
 trace is kept for `rhizome inspect`.
 
 example:
-  rhizome run examples.qa:build --input '{"question": "What is the capital of France?"}' \\
+  rhizome run rhizome.examples:build --input '{"question": "What is the capital of France?"}' \\
       --base-url http://localhost:8000/v1 --model my-model
-  rhizome run examples.qa:build -p runs/qa/program.json --input @question.json --json
+  rhizome run rhizome.examples:build -p runs/qa/program.json --input @question.json --json
 """
 
 BATCH_HELP = """\
@@ -60,7 +60,7 @@ the same --out resumes: lines already written without error are skipped (failed
 ones are retried), and the finished file is sorted by index.
 
 example:
-  rhizome batch examples.qa:build questions.jsonl --out results.jsonl --concurrency 8
+  rhizome batch rhizome.examples:build questions.jsonl --out results.jsonl --concurrency 8
 """
 
 INSPECT_HELP = """\

@@ -36,8 +36,8 @@ a standalone SVG drawn by rhizome, a PNG (needs mermaid-cli's `mmdc` or librsvg'
 `rsvg-convert`), or the structure as JSON.
 
 example:
-  rhizome graph examples.qa:build_two_step
-  rhizome graph examples.qa:build_two_step --format svg --out qa.svg
+  rhizome graph rhizome.examples:build_two_step
+  rhizome graph rhizome.examples:build_two_step --format svg --out qa.svg
 """
 
 

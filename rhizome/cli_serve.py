@@ -40,7 +40,7 @@ connections and finishes the requests in flight before exiting.
 
 example:
   export RHIZOME_SERVE_TOKEN=$(openssl rand -hex 16)
-  rhizome serve examples.qa:build -p runs/qa/program.json --port 8000 \\
+  rhizome serve rhizome.examples:build -p runs/qa/program.json --port 8000 \\
       --base-url http://localhost:8080/v1 --model my-model
   curl -H "Authorization: Bearer $RHIZOME_SERVE_TOKEN" localhost:8000/v1/predict \\
       -d '{"inputs": {"question": "What is the capital of France?"}}'

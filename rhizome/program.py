@@ -4,7 +4,7 @@ The command line and the HTTP server name the program they work on the way
 ``uvicorn`` names an app: a module (dotted name, or a ``.py`` file path) and an
 attribute in it, separated by a colon::
 
-    rhizome run examples.qa:build --input '{"question": "..."}'
+    rhizome run rhizome.examples:build --input '{"question": "..."}'
     rhizome serve examples/qa.py:build --params runs/qa/program.json
 
 The attribute is a factory called with no arguments (or a ready
@@ -27,7 +27,7 @@ from rhizome.engine.errors import ConfigError
 from rhizome.engine.graph import Graph
 from rhizome.engine.node import Node
 
-EXAMPLE = "examples.qa:build"
+EXAMPLE = "rhizome.examples:build"
 
 
 def parse_spec(spec: str) -> tuple[str, str]:

@@ -70,9 +70,8 @@ def test_corpus_has_unique_titles_and_ids() -> None:
 
 
 def test_multihop_generator_is_deterministic(tmp_path: Path) -> None:
-    script = REPO / "scripts" / "make_multihop.py"
     subprocess.run(
-        [sys.executable, str(script), "--out", str(tmp_path)],
+        [sys.executable, "-m", "rhizome.datasets.make_multihop", "--out", str(tmp_path)],
         check=True,
         capture_output=True,
         timeout=60,

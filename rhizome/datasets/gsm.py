@@ -5,7 +5,7 @@ templates modelled on GSM8K problems with fresh names and numbers. Splits:
 train 152, dev 48, test 100, split by template so test problems never share a
 template with training demos.
 
-Provenance and licence: generated once by ``scripts/make_gsm.py`` with
+Provenance and licence: generated once by ``rhizome.datasets.make_gsm`` with
 reasoning-gym 0.1.25 (Apache-2.0, per its package metadata); the templates
 follow problems of GSM8K (OpenAI, MIT licence). rhizome does not depend on
 reasoning-gym at run time. See ``rhizome/datasets/README.md``.

@@ -18,7 +18,7 @@ def test_eval_json_summary_with_slices(lm_args: list[str], data: Path, capsys: C
     code = main(
         [
             "eval",
-            "examples.qa:build",
+            "rhizome.examples:build",
             str(data),
             "--metric",
             "exact_match:answer",
@@ -41,7 +41,9 @@ def test_eval_json_summary_with_slices(lm_args: list[str], data: Path, capsys: C
 def test_eval_writes_a_run_record_and_report(
     lm_args: list[str], data: Path, tmp_path: Path, capsys: Capture
 ) -> None:
-    assert main(["eval", "examples.qa:build", str(data), "--run-dir", "runs/ev", *lm_args]) == 0
+    assert (
+        main(["eval", "rhizome.examples:build", str(data), "--run-dir", "runs/ev", *lm_args]) == 0
+    )
     out = capsys.readouterr().out
     assert out.startswith("score 0.833")
     record = json.loads((tmp_path / "runs/ev/run.json").read_text())
@@ -55,7 +57,7 @@ def test_eval_writes_a_run_record_and_report(
 def test_unknown_metric_lists_the_built_in_ones(
     lm_args: list[str], data: Path, capsys: Capture
 ) -> None:
-    assert main(["eval", "examples.qa:build", str(data), "-m", "bleu", *lm_args]) == 1
+    assert main(["eval", "rhizome.examples:build", str(data), "-m", "bleu", *lm_args]) == 1
     assert "built in: exact_match, token_f1" in capsys.readouterr().err
 
 
@@ -63,7 +65,7 @@ def _optimize(lm_args: list[str], data: Path, run_dir: str, *extra: str) -> int:
     return main(
         [
             "optimize",
-            "examples.qa:build",
+            "rhizome.examples:build",
             str(data),
             "--optimizer",
             "random",
@@ -87,7 +89,7 @@ def test_optimize_writes_program_run_dir_and_report_with_chart(
     out = capsys.readouterr().out
     assert re.search(r"before\s+0\.833\nafter\s+1\.000", out)
     assert "optimized program: qa.json" in out
-    assert "serve it: rhizome serve examples.qa:build --params qa.json" in out
+    assert "serve it: rhizome serve rhizome.examples:build --params qa.json" in out
     program = json.loads((tmp_path / "qa.json").read_text())
     assert program["graph"] == "qa"
     assert len(program["parameters"]["answer"]["demos"]) >= 1
@@ -112,7 +114,7 @@ def test_optimize_writes_program_run_dir_and_report_with_chart(
 
 def test_runs_lists_and_compares(lm_args: list[str], data: Path, capsys: Capture) -> None:
     assert _optimize(lm_args, data, "runs/opt") == 0
-    main(["eval", "examples.qa:build", str(data), "--run-dir", "runs/ev", "-q", *lm_args])
+    main(["eval", "rhizome.examples:build", str(data), "--run-dir", "runs/ev", "-q", *lm_args])
     capsys.readouterr()
     assert main(["runs"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -165,7 +167,7 @@ def test_optimize_refuses_to_mix_runs(
 
 
 def test_inspect_reads_a_run_directory(lm_args: list[str], data: Path, capsys: Capture) -> None:
-    main(["eval", "examples.qa:build", str(data), "--run-dir", "runs/ev", "-q", *lm_args])
+    main(["eval", "rhizome.examples:build", str(data), "--run-dir", "runs/ev", "-q", *lm_args])
     capsys.readouterr()
     assert main(["inspect", "runs/ev", "-n", "2", "--json"]) == 0
     calls = json.loads(capsys.readouterr().out)
@@ -178,7 +180,7 @@ def test_joint_search_resumes_in_its_run_dir(
 ) -> None:
     argv = [
         "optimize",
-        "examples.qa:build",
+        "rhizome.examples:build",
         str(data),
         "--optimizer",
         "joint",

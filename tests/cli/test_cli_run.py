@@ -16,16 +16,16 @@ Capture = pytest.CaptureFixture[str]
 
 def test_run_prints_the_outputs(lm_args: list[str], capsys: Capture) -> None:
     code = main(
-        ["run", "examples.qa:build", "--input", '{"question": "Capital of Japan?"}', *lm_args]
+        ["run", "rhizome.examples:build", "--input", '{"question": "Capital of Japan?"}', *lm_args]
     )
     assert code == 0
     assert capsys.readouterr().out == "answer: Tokyo\n"
 
 
 def test_run_json_has_outputs_usage_and_latency(lm_args: list[str], capsys: Capture) -> None:
-    import examples.qa
+    import rhizome.examples
 
-    program = f"{examples.qa.__file__}:build"  # a file path works as well as a module name
+    program = f"{rhizome.examples.__file__}:build"  # a file path works as well as a module name
     code = main(["run", program, "-i", '{"question": "Capital of Peru?"}', "--json", *lm_args])
     assert code == 0
     out = json.loads(capsys.readouterr().out)
@@ -39,7 +39,7 @@ def test_run_reads_the_lm_from_the_environment(
 ) -> None:
     monkeypatch.setenv("RHIZOME_BASE_URL", server.url)
     monkeypatch.setenv("RHIZOME_MODEL_NAME", "env-model")
-    assert main(["run", "examples.qa:build", "-i", '{"question": "Capital of Italy?"}']) == 0
+    assert main(["run", "rhizome.examples:build", "-i", '{"question": "Capital of Italy?"}']) == 0
     assert capsys.readouterr().out == "answer: Rome\n"
     assert server.requests[0]["model"] == "env-model"
 
@@ -47,18 +47,18 @@ def test_run_reads_the_lm_from_the_environment(
 def test_run_loads_saved_parameters(
     lm_args: list[str], server: OpenAIServer, tmp_path: Path
 ) -> None:
-    from examples.qa import build
+    from rhizome.examples import build
 
     graph = build()
     graph.set_parameters({"answer.instruction": "Reply in capitals only."})
     graph.save(tmp_path / "program.json")
-    args = ["run", "examples.qa:build", "-p", str(tmp_path / "program.json")]
+    args = ["run", "rhizome.examples:build", "-p", str(tmp_path / "program.json")]
     assert main([*args, "-i", '{"question": "Capital of Spain?"}', *lm_args]) == 0
     assert "Reply in capitals only." in server.requests[0]["messages"][0]["content"]
 
 
 def test_inspect_shows_the_last_prompt_and_reply(lm_args: list[str], capsys: Capture) -> None:
-    main(["run", "examples.qa:build", "-i", '{"question": "Capital of Chad?"}', *lm_args])
+    main(["run", "rhizome.examples:build", "-i", '{"question": "Capital of Chad?"}', *lm_args])
     capsys.readouterr()
     assert main(["inspect"]) == 0
     out = capsys.readouterr().out
@@ -76,7 +76,7 @@ def test_batch_writes_one_line_per_example(
     lm_args: list[str], data: Path, read_jsonl: Callable[[Path], list[dict]], capsys: Capture
 ) -> None:
     out = data.parent / "results.jsonl"
-    assert main(["batch", "examples.qa:build", str(data), "--out", str(out), *lm_args]) == 0
+    assert main(["batch", "rhizome.examples:build", str(data), "--out", str(out), *lm_args]) == 0
     rows = read_jsonl(out)
     assert [r["index"] for r in rows] == list(range(6))  # sorted by index when finished
     assert rows[2]["inputs"] == {"question": "Capital of Japan?"}
@@ -111,7 +111,10 @@ def test_batch_resumes_skipping_lines_already_written(
     ]
     torn = '{"index": 1, "inputs": {"question": "Capi'  # an interrupted write
     out.write_text("".join(json.dumps(r) + "\n" for r in done) + torn, encoding="utf-8")
-    assert main(["batch", "examples.qa:build", str(data), "-o", str(out), "--json", *lm_args]) == 0
+    assert (
+        main(["batch", "rhizome.examples:build", str(data), "-o", str(out), "--json", *lm_args])
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["skipped"] == 1
     assert summary["ran"] == 5
@@ -131,7 +134,7 @@ def test_batch_refuses_a_results_file_of_other_data(
     out = data.parent / "results.jsonl"
     row = {"index": 0, "inputs": {"question": "something else"}, "outputs": {}, "error": None}
     out.write_text(json.dumps(row) + "\n", encoding="utf-8")
-    assert main(["batch", "examples.qa:build", str(data), "-o", str(out), *lm_args]) == 1
+    assert main(["batch", "rhizome.examples:build", str(data), "-o", str(out), *lm_args]) == 1
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("rhizome: error: ")
     assert "different inputs" in err[0]
@@ -148,7 +151,7 @@ def test_batch_failures_exit_1_with_a_pointer(
     code = main(
         [
             "batch",
-            "examples.qa:build",
+            "rhizome.examples:build",
             str(data),
             "-o",
             str(out),
@@ -166,20 +169,20 @@ def test_batch_failures_exit_1_with_a_pointer(
 
 
 def test_graph_prints_mermaid(capsys: Capture) -> None:
-    assert main(["graph", "examples.qa:build_two_step"]) == 0
+    assert main(["graph", "rhizome.examples:build_two_step"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("flowchart TD")
     assert 'n_think -->|"notes"| n_answer' in out
 
 
 def test_graph_draws_svg_and_json(tmp_path: Path, capsys: Capture) -> None:
-    assert main(["graph", "examples.qa:build_two_step", "-f", "svg", "-o", "g.svg"]) == 0
+    assert main(["graph", "rhizome.examples:build_two_step", "-f", "svg", "-o", "g.svg"]) == 0
     svg = (tmp_path / "g.svg").read_text(encoding="utf-8")
     assert svg.startswith("<svg")
     assert svg.count('class="node"') == 3
     assert ">think<" in svg
     assert ">notes<" in svg
-    assert main(["graph", "examples.qa:build_two_step", "-f", "json"]) == 0
+    assert main(["graph", "rhizome.examples:build_two_step", "-f", "json"]) == 0
     structure = json.loads(capsys.readouterr().out)
     assert structure["nodes"] == {"tidy": "FunctionNode", "think": "Predict", "answer": "Predict"}
 
@@ -187,18 +190,22 @@ def test_graph_draws_svg_and_json(tmp_path: Path, capsys: Capture) -> None:
 @pytest.mark.parametrize(
     ("argv", "message", "hint"),
     [
-        (["run", "examples.qa:nope", "-i", "{}"], "has no attribute 'nope'", "--help"),
+        (["run", "rhizome.examples:nope", "-i", "{}"], "has no attribute 'nope'", "--help"),
         (["run", "no_such_module:build", "-i", "{}"], "cannot import module", "--help"),
-        (["run", "examples.qa", "-i", "{}"], "must be written MODULE:FACTORY", "--help"),
-        (["run", "examples.qa:build", "-i", "{oops"], "--input is not valid JSON", "quote it"),
-        (["run", "examples.qa:build", "-i", '{"q": 1}'], "question: Field required", "--help"),
-        (["run", "examples.qa:build", "-i", '{"question": "x"}'], "have no LM", "--base-url"),
-        (["run", "examples.qa:build", "-p", "missing.json", "-i", "{}"], "no saved program", ""),
-        (["batch", "examples.qa:build", "missing.jsonl"], "no data file", "JSONL"),
-        (["eval", "examples.qa:build", "missing.jsonl"], "no data file", "JSONL"),
+        (["run", "rhizome.examples", "-i", "{}"], "must be written MODULE:FACTORY", "--help"),
+        (["run", "rhizome.examples:build", "-i", "{oops"], "--input is not valid JSON", "quote it"),
+        (["run", "rhizome.examples:build", "-i", '{"q": 1}'], "question: Field required", "--help"),
+        (["run", "rhizome.examples:build", "-i", '{"question": "x"}'], "have no LM", "--base-url"),
+        (
+            ["run", "rhizome.examples:build", "-p", "missing.json", "-i", "{}"],
+            "no saved program",
+            "",
+        ),
+        (["batch", "rhizome.examples:build", "missing.jsonl"], "no data file", "JSONL"),
+        (["eval", "rhizome.examples:build", "missing.jsonl"], "no data file", "JSONL"),
         (["inspect", "nowhere.json"], "no trace at", "rhizome run"),
         (["runs", "nowhere"], "no such directory", ""),
-        (["graph", "examples.qa:build", "-f", "png"], "needs --out", ""),
+        (["graph", "rhizome.examples:build", "-f", "png"], "needs --out", ""),
     ],
 )
 def test_errors_are_one_line_and_a_hint(
@@ -217,7 +224,7 @@ def test_errors_are_one_line_and_a_hint(
 
 def test_usage_errors_exit_2(capsys: Capture) -> None:
     assert main(["bogus"]) == 2
-    assert main(["run", "examples.qa:build"]) == 2  # --input is required
+    assert main(["run", "rhizome.examples:build"]) == 2  # --input is required
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("rhizome: error: argument COMMAND: invalid choice: 'bogus'")
     assert err[2] == "rhizome run: error: the following arguments are required: -i/--input"
@@ -237,7 +244,7 @@ def test_every_command_has_help_with_an_example(command: str, capsys: Capture) -
 def test_batch_without_out_streams_to_stdout(
     lm_args: list[str], data: Path, capsys: Capture
 ) -> None:
-    assert main(["batch", "examples.qa:build", str(data), "-c", "2", *lm_args]) == 0
+    assert main(["batch", "rhizome.examples:build", str(data), "-c", "2", *lm_args]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert sorted(r["index"] for r in rows) == list(range(6))
     assert {r["outputs"]["answer"] for r in rows} >= {"Paris", "Tokyo"}
@@ -246,7 +253,7 @@ def test_batch_without_out_streams_to_stdout(
 def test_otel_console_exports_run_node_and_lm_spans(lm_args: list[str], capsys: Capture) -> None:
     argv = [
         "run",
-        "examples.qa:build",
+        "rhizome.examples:build",
         "-i",
         '{"question": "Capital of Peru?"}',
         "--otel",

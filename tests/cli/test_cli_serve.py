@@ -34,7 +34,7 @@ def optimized(lm_args: list[str], data: Path, capsys: pytest.CaptureFixture[str]
     code = main(
         [
             "optimize",
-            "examples.qa:build",
+            "rhizome.examples:build",
             str(data),
             "--optimizer",
             "bootstrap",
@@ -60,7 +60,7 @@ def _start(program: Path, server: OpenAIServer, port: int) -> subprocess.Popen[s
         "-m",
         "rhizome.cli",
         "serve",
-        "examples.qa:build",
+        "rhizome.examples:build",
         "-p",
         str(program),
         "--port",

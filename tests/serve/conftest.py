@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 import uvicorn
 
-from examples.qa import build
 from rhizome.engine.client import OpenAILM
+from rhizome.examples import build
 from rhizome.serve import ServeConfig, create_app
 from tests.server import OpenAIServer
 
@@ -71,7 +71,7 @@ def serving(app: object) -> Iterator[Served]:
 def serve_example(
     server: OpenAIServer, config: ServeConfig
 ) -> contextlib.AbstractContextManager[Served]:
-    """``examples.qa:build`` served with an LM on the test server."""
+    """``rhizome.examples:build`` served with an LM on the test server."""
     lm = OpenAILM("test-model", base_url=server.url, cache=None, max_retries=0)
     return serving(create_app(build(), lm=lm, config=config))
 

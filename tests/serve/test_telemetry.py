@@ -11,10 +11,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from examples.qa import build, build_two_step
 from rhizome.engine.client import OpenAILM
 from rhizome.engine.errors import NodeError
 from rhizome.engine.trace import Trace
+from rhizome.examples import build, build_two_step
 from rhizome.telemetry import Telemetry, configure
 from tests.server import OpenAIServer, Reply
 

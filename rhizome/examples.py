@@ -3,8 +3,8 @@
 Run one against any OpenAI-compatible server::
 
     export RHIZOME_BASE_URL=http://localhost:8000/v1 RHIZOME_MODEL_NAME=my-model
-    rhizome run examples.qa:build --input '{"question": "What is the capital of France?"}'
-    rhizome graph examples.qa:build_two_step
+    rhizome run rhizome.examples:build --input '{"question": "What is the capital of France?"}'
+    rhizome graph rhizome.examples:build_two_step
 
 or on the embedded local model with ``--local``.
 """

@@ -4,7 +4,7 @@ Starts the local llama.cpp server, sends fresh (uncached) prompts, and reports
 llama.cpp's own timings: prompt tokens/s, generated tokens/s for one request
 and for ``--parallel`` requests at once, and the server's resident memory::
 
-    python scripts/bench_local_lm.py --threads 2 --parallel 4
+    python bench/local_lm_speed.py --threads 2 --parallel 4
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ numbers and names. reasoning-gym is needed only to run this script, never by
 rhizome itself; install it in a throw-away environment::
 
     python -m venv /tmp/rg && /tmp/rg/bin/pip install reasoning-gym==0.1.25
-    /tmp/rg/bin/python scripts/make_gsm.py
+    /tmp/rg/bin/python -m rhizome.datasets.make_gsm
 
 Splits are by template, so a test problem never shares its template with a
 training demo. Deterministic for a given seed and reasoning-gym version.
@@ -15,12 +15,10 @@ training demo. Deterministic for a given seed and reasoning-gym version.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _splits import grouped_split, write_jsonl
+from rhizome.datasets._splits import grouped_split, write_jsonl
 
 SEED = 8
 POOL = 1200
@@ -60,7 +58,7 @@ def generate(seed: int) -> dict[str, list[dict[str, Any]]]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_out = Path(__file__).resolve().parents[1] / "rhizome" / "datasets" / "data"
+    default_out = Path(__file__).resolve().parent / "data"
     parser.add_argument("--out", type=Path, default=default_out)
     parser.add_argument("--seed", type=int, default=SEED)
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Helpers shared by the dataset generation scripts (not part of the package)."""
+"""Helpers shared by the dataset generation scripts (used only when regenerating the data)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Prints, for the unoptimized graph and each optimizer: the dev score, LM calls
 spent optimizing and evaluating, and wall time. This is the measurement behind
 the optimizers issue's closing note; it takes about half an hour on two cores.
 
-    python scripts/optimize_demo_task.py --out /tmp/opt-demo
+    python bench/optimize_demo_task.py --out /tmp/opt-demo
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ the bridge entity (second hop) and the answer appear only in the passages.
 
 Deterministic: the same seed gives byte-identical files. Run from the repo root::
 
-    python scripts/make_multihop.py            # writes rhizome/datasets/data/multihop_*.jsonl
-    python scripts/make_multihop.py --out DIR  # somewhere else (the tests do this)
+    python -m rhizome.datasets.make_multihop            # rewrites data/multihop_*.jsonl
+    python -m rhizome.datasets.make_multihop --out DIR  # somewhere else (the tests do this)
 """
 
 from __future__ import annotations
@@ -16,13 +16,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import random
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _splits import grouped_split, write_jsonl
+from rhizome.datasets._splits import grouped_split, write_jsonl
 
 SEED = 20240611
 SIZES = {"dev": 50, "test": 150, "train": 200}
@@ -243,7 +241,7 @@ def check(corpus: list[dict[str, str]], items: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_out = Path(__file__).resolve().parents[1] / "rhizome" / "datasets" / "data"
+    default_out = Path(__file__).resolve().parent / "data"
     parser.add_argument("--out", type=Path, default=default_out)
     parser.add_argument("--seed", type=int, default=SEED)
     args = parser.parse_args(argv)

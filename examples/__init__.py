@@ -1,1 +1,0 @@
-"""Small example programs, used by the documentation and the command-line tests."""
