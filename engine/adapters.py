@@ -436,16 +436,19 @@ class _Call:
     ) -> None:
         if error is None and not outputs and errors:
             error = f"ParseError: {errors[0]}"
+        latency = response.latency if response else time.perf_counter() - started
         log_call(
             LMCall(
                 predictor=self.path,
+                model=(response.model if response else "") or self.lm.name,
+                started=time.time() - latency,
                 inputs=dict(self.inputs),
                 outputs=dict(outputs[0]) if outputs else {},
                 messages=list(request.messages),
                 reply=response.text if response else "",
                 usage=response.usage if response else Usage(),
                 cached=response.cached if response else False,
-                latency=response.latency if response else time.perf_counter() - started,
+                latency=latency,
                 cost=response.cost if response else 0.0,
                 error=error,
                 attempt=attempt,

@@ -34,6 +34,8 @@ class LMCall:
         latency: Seconds the call took.
         error: A description of the failure, if the call failed.
         attempt: 0 for the first try, 1 for a repair attempt.
+        model: The model that answered (as the server reported it).
+        started: Wall-clock time the call was sent (epoch seconds).
     """
 
     predictor: str
@@ -47,6 +49,8 @@ class LMCall:
     cost: float = 0.0
     error: str | None = None
     attempt: int = 0
+    model: str = ""
+    started: float = 0.0
 
 
 @dataclasses.dataclass(kw_only=True)
