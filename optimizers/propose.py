@@ -199,7 +199,19 @@ async def propose_one(
     except Exception:  # one failed proposal must not end the search; it is just absent
         return None
     text = str(pred.get("proposed_instruction", "")).strip()
-    return text or None
+    return text if usable_instruction(text) else None
+
+
+MIN_INSTRUCTION_WORDS = 3
+
+
+def usable_instruction(text: str) -> bool:
+    """Whether a proposal reads like an instruction rather than a stray word or a field name.
+
+    Small prompt models sometimes answer with a single word ("query"); such a
+    proposal would only waste trials, so it is dropped.
+    """
+    return len(text.split()) >= MIN_INSTRUCTION_WORDS
 
 
 def _assemble(

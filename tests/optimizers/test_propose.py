@@ -158,3 +158,21 @@ def test_data_statistics_describe_each_field() -> None:
     assert text.startswith("7 examples.")
     assert "- question: text, 1.0 words on average" in text
     assert "Tags: x (1)" in text
+
+
+async def test_one_word_proposals_are_dropped() -> None:
+    def terse(request: LMRequest, sample: int) -> str:
+        if "concise" in (section(request, "tip") or "").lower():
+            return "<proposed_instruction>\nquery\n</proposed_instruction>"
+        return prompt_model(request, sample)
+
+    found = await propose_instructions(
+        Graph("one").add("answer", Predict("question -> answer")),
+        DATA,
+        prompt_lm=FakeLM(terse),
+        n=7,
+        summarize=False,
+        include_original=False,
+    )
+    assert "query" not in found["answer"]
+    assert len(found["answer"]) == 6
