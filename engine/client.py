@@ -26,240 +26,58 @@ made per running loop. A loop's connections are closed when that loop shuts down
 (through the loop's async-generator shutdown hook) or by :meth:`OpenAILM.aclose`.
 The API key is sent in the ``Authorization`` header only: it never appears in
 ``repr``, history, logs or error messages.
+
+The parts live beside it: the wire format in :mod:`rhizome.engine.wire`, the
+retry policy in :mod:`rhizome.engine.retry`, and the per-loop connections and
+adaptive limiter in :mod:`rhizome.engine.connections`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-import email.utils
 import hashlib
-import json
 import logging
 import os
-import random
-import ssl
 import time
-import urllib.request
-import weakref
 from collections import deque
-from collections.abc import AsyncGenerator, Mapping, Sequence
-from typing import Any, Literal, Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import anyio
 import httpx
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from rhizome.engine.cache import ResponseCache, default_cache
+from rhizome.engine.connections import USER_AGENT as USER_AGENT
+from rhizome.engine.connections import Connections, LoopState, acquire
 from rhizome.engine.errors import (
     ConfigError,
     LMConnectionError,
     LMError,
     LMReplyError,
-    LMStatusError,
     LMTimeoutError,
 )
-from rhizome.engine.http import HttpPool, Origin
-from rhizome.engine.lm import (
-    Capabilities,
-    Choice,
-    HistoryEntry,
-    LMRequest,
-    LMResponse,
-    ToolCall,
-    Usage,
-)
+from rhizome.engine.lm import Capabilities, HistoryEntry, LMRequest, LMResponse, Usage
+from rhizome.engine.retry import Failure, backoff_wait, status_failure
 from rhizome.engine.usage import Prices, UsageTracker
+from rhizome.engine.wire import ChatCompletion as ChatCompletion
+from rhizome.engine.wire import ChatRequest as ChatRequest
+from rhizome.engine.wire import WireChoice as WireChoice
+from rhizome.engine.wire import WireFunction as WireFunction
+from rhizome.engine.wire import WireMessage as WireMessage
+from rhizome.engine.wire import WireToolCall as WireToolCall
+from rhizome.engine.wire import WireUsage as WireUsage
+from rhizome.engine.wire import (
+    decode_cached,
+    dumps,
+    encode_cached,
+    fast_parse,
+    read_completion,
+    request_body,
+)
 
 logger = logging.getLogger("rhizome.client")
 
 HISTORY_SIZE = 1000
-USER_AGENT = "rhizome/0.1"
-_RETRY_STATUS = frozenset({408, 409, 429})
-_HINTS = {
-    400: "the server rejected the request; check that the model supports the options used "
-    "(response_format, tools, n, stop, seed)",
-    403: "the API key may not use this model or endpoint",
-    404: "check base_url (it usually ends in /v1) and the model name",
-    422: "the server could not process the request body; check the options used",
-    429: "rate limited; lower max_concurrency or raise max_retries",
-}
-
-
-# ---- wire format (pydantic) ----------------------------------------------
-
-
-class ChatRequest(BaseModel):
-    """The body of a chat-completion request as sent; unset options are left out.
-
-    The client builds this body as a plain dict on its hot path (a model there
-    costs more than it checks); tests validate what servers receive against it.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str
-    messages: list[dict[str, Any]]
-    temperature: float | None = None
-    max_tokens: int | None = None
-    n: int | None = None
-    response_format: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    stop: list[str] | None = None
-    seed: int | None = None
-
-
-class WireFunction(BaseModel):
-    """The function part of a tool call in a reply."""
-
-    name: str
-    arguments: str = ""
-
-
-class WireToolCall(BaseModel):
-    """A tool call in a reply."""
-
-    id: str = ""
-    type: str = "function"
-    function: WireFunction
-
-
-class WireMessage(BaseModel):
-    """The assistant message of one choice."""
-
-    role: str = "assistant"
-    content: str | None = None
-    tool_calls: list[WireToolCall] | None = None
-
-
-class WireChoice(BaseModel):
-    """One choice of a chat completion."""
-
-    index: int = 0
-    message: WireMessage
-    finish_reason: str | None = None
-
-
-class WireUsage(BaseModel):
-    """Token counts of a chat completion."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-class ChatCompletion(BaseModel):
-    """The body of a chat-completion reply (unknown fields are ignored)."""
-
-    model: str = ""
-    choices: list[WireChoice]
-    usage: WireUsage | None = None
-
-
-# ---- internals ------------------------------------------------------------
-
-
-@dataclasses.dataclass(slots=True)
-class _Failure:
-    """A failed attempt, before deciding whether to retry it."""
-
-    kind: type[LMError]
-    message: str
-    retryable: bool = True
-    retry_after: float | None = None
-    status: int = 0
-    body: str = ""
-
-    def error(self, attempts: int) -> LMError:
-        message = self.message
-        if attempts > 1:
-            message += f" (gave up after {attempts} attempts)"
-        if self.kind is LMStatusError:
-            return LMStatusError(message, status=self.status, body=self.body, attempts=attempts)
-        return self.kind(message, attempts=attempts)
-
-
-class _Closeable(Protocol):
-    async def aclose(self) -> None: ...
-
-
-@dataclasses.dataclass(slots=True)
-class _LoopState:
-    """The connections and the limiter serving one event loop: a pool or an httpx client.
-
-    The limiter's size adapts to the server: :meth:`throttle` on every 429,
-    :meth:`relax` on every success, never above ``ceiling`` (``max_concurrency``).
-    """
-
-    limiter: anyio.CapacityLimiter
-    pool: HttpPool | None = None
-    client: httpx.AsyncClient | None = None
-    ceiling: int = 1
-    streak: int = 0
-
-    def throttle(self) -> None:
-        """A 429: the server takes fewer requests at once than we send; send one fewer."""
-        self.limiter.total_tokens = max(1, int(self.limiter.total_tokens) - 1)
-        self.streak = 0
-
-    def relax(self) -> None:
-        """A success: after ``4 x limit`` in a row, probe with one more request at once."""
-        limit = int(self.limiter.total_tokens)
-        if limit < self.ceiling:
-            self.streak += 1
-            if self.streak >= 4 * limit:
-                self.limiter.total_tokens = limit + 1
-                self.streak = 0
-
-    @property
-    def closeable(self) -> _Closeable:
-        return self.pool if self.pool is not None else self.client  # type: ignore[return-value]
-
-
-class _LoopClients:
-    """The pools and httpx clients open on one event loop, closed when that loop shuts down."""
-
-    def __init__(self) -> None:
-        self.clients: set[_Closeable] = set()
-        self.keeper: AsyncGenerator[None, None] | None = None
-
-
-# Open clients per event loop. This is resource bookkeeping, not settings: it lives
-# here rather than on an OpenAILM so that clients of an OpenAILM dropped just before
-# ``asyncio.run`` returns are still closed properly by the loop's async-generator
-# shutdown (which fully awaits ``_close_at_loop_end``).
-_OPEN: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClients] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-async def _register(loop: asyncio.AbstractEventLoop, clients: list[_Closeable]) -> None:
-    entry = _OPEN.get(loop)
-    if entry is None:
-        entry = _OPEN[loop] = _LoopClients()
-        entry.keeper = _close_at_loop_end(loop, entry)
-        await entry.keeper.asend(None)
-    entry.clients.update(clients)
-
-
-async def _close_at_loop_end(
-    loop: asyncio.AbstractEventLoop, entry: _LoopClients
-) -> AsyncGenerator[None, None]:
-    """Parked at ``yield`` (kept alive by ``entry``) until the loop shuts down."""
-    try:
-        yield
-    finally:
-        _OPEN.pop(loop, None)
-        for client in list(entry.clients):
-            await client.aclose()
-
-
-async def _close(loop: asyncio.AbstractEventLoop, clients: list[_Closeable]) -> None:
-    entry = _OPEN.get(loop)
-    for client in clients:
-        if entry is not None:
-            entry.clients.discard(client)
-        await client.aclose()
 
 
 class OpenAILM:
@@ -320,8 +138,15 @@ class OpenAILM:
         self._headers.update(headers or {})
         if key:
             self._headers["Authorization"] = f"Bearer {key}"
-        self._origin = Origin.of(httpx.URL(self._url))
-        self._head = _request_head(self._url, self._origin, self._headers)
+        self._conns = Connections(
+            self._url,
+            headers=self._headers,
+            timeout=timeout,
+            max_concurrency=max_concurrency,
+            transport=transport,
+        )
+        self._origin = self._conns.origin
+        self._head = self._conns.head
         self._max_concurrency = max_concurrency
         self._timeout = timeout
         self._max_retries = max_retries
@@ -332,14 +157,9 @@ class OpenAILM:
         self._prices = prices
         self._backoff = backoff
         self._max_wait = max_wait
-        self._transport = transport
         self._cache_namespace = cache_namespace or self._base_url
-        self._ssl: ssl.SSLContext | None = None
         self.usage = UsageTracker()
         self._history: deque[HistoryEntry] = deque(maxlen=HISTORY_SIZE)
-        self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
-            weakref.WeakKeyDictionary()
-        )
 
     # ---- LM protocol ----------------------------------------------------------
 
@@ -386,7 +206,7 @@ class OpenAILM:
             LMReplyError: The server kept answering bodies that are not chat completions.
         """
         body = self._body(request)
-        payload = _dumps(body)
+        payload = dumps(body)
         key = None
         if self._cache is not None:
             key = self._cache_key(payload, sample)
@@ -404,7 +224,7 @@ class OpenAILM:
             raise
         self.usage.add_tokens(response.usage, response.cost)
         if self._cache is not None and key is not None:
-            await self._cache.put(key, _encode(response))
+            await self._cache.put(key, encode_cached(response))
         self._remember(request, response)
         return response
 
@@ -414,10 +234,7 @@ class OpenAILM:
 
     async def aclose(self) -> None:
         """Close this event loop's HTTP connections (the client reopens on next use)."""
-        loop = asyncio.get_running_loop()
-        state = self._states.pop(loop, None)
-        if state is not None:
-            await _close(loop, [state.closeable])
+        await self._conns.aclose()
 
     async def __aenter__(self) -> OpenAILM:
         return self
@@ -428,26 +245,7 @@ class OpenAILM:
     # ---- request building and cache --------------------------------------------
 
     def _body(self, request: LMRequest) -> dict[str, Any]:
-        if request.n < 1:
-            raise ConfigError(f"LMRequest.n must be at least 1, got {request.n}")
-        body: dict[str, Any] = {"model": self._model, "messages": list(request.messages)}
-        temperature = self._temperature if request.temperature is None else request.temperature
-        if temperature is not None:
-            body["temperature"] = temperature
-        max_tokens = self._max_tokens if request.max_tokens is None else request.max_tokens
-        if max_tokens is not None:
-            body["max_tokens"] = max_tokens
-        if request.n != 1:
-            body["n"] = request.n
-        for name in ("response_format", "tool_choice", "seed"):
-            value = getattr(request, name)
-            if value is not None:
-                body[name] = value
-        if request.tools is not None:
-            body["tools"] = list(request.tools)
-        if request.stop is not None:
-            body["stop"] = list(request.stop)
-        return body
+        return request_body(self._model, request, self._temperature, self._max_tokens)
 
     def _cache_key(self, payload: str, sample: int) -> str:
         text = f"{self._cache_namespace}\n{sample}\n{payload}"
@@ -459,7 +257,7 @@ class OpenAILM:
         if value is None:
             return None
         try:
-            response = _decode(value)
+            response = decode_cached(value)
         except (ValueError, KeyError, TypeError, IndexError):
             logger.warning("response cache entry %s is unreadable; asking the server", key[:12])
             return None
@@ -475,47 +273,8 @@ class OpenAILM:
 
     # ---- HTTP with retries --------------------------------------------------------
 
-    async def _loop_state(self) -> _LoopState:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise ConfigError(
-                "OpenAILM runs on asyncio; run it with asyncio or anyio's asyncio backend"
-            ) from None
-        state = self._states.get(loop)
-        if state is None:
-            state = await self._open_state(loop)
-        return state
-
-    async def _open_state(self, loop: asyncio.AbstractEventLoop) -> _LoopState:
-        for old_loop in [old for old in self._states if old.is_closed()]:
-            del self._states[old_loop]  # its connections were closed when it shut down
-        if self._origin.scheme == "https" and self._ssl is None:
-            self._ssl = httpx.create_ssl_context()  # loading CA certificates takes ~20 ms: once
-        limiter = anyio.CapacityLimiter(self._max_concurrency)
-        state = _LoopState(limiter=limiter, ceiling=self._max_concurrency)
-        if self._transport is None and not _proxied(self._origin):
-            state.pool = HttpPool(
-                timeout=self._timeout, ssl_context=self._ssl, max_idle=self._max_concurrency
-            )
-        else:
-            state.client = self._new_client()
-        self._states[loop] = state
-        await _register(loop, [state.closeable])
-        return state
-
-    def _new_client(self) -> httpx.AsyncClient:
-        size = self._max_concurrency
-        return httpx.AsyncClient(
-            headers=self._headers,
-            timeout=httpx.Timeout(self._timeout),
-            limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
-            transport=self._transport,
-            verify=self._ssl if self._ssl is not None else True,
-        )
-
     async def _send(self, payload: bytes, n: int) -> LMResponse:
-        state = await self._loop_state()
+        state = await self._conns.state()
         attempts = 0
         while True:
             outcome = await self._attempt(state, payload, n)
@@ -527,20 +286,16 @@ class OpenAILM:
             attempts += 1
             if not outcome.retryable or attempts > self._max_retries:
                 raise outcome.error(attempts)
-            wait = self._wait(attempts, outcome.retry_after)
+            wait = backoff_wait(
+                attempts, outcome.retry_after, backoff=self._backoff, max_wait=self._max_wait
+            )
             logger.info("%s; retry %d in %.2f s", outcome.message, attempts, wait)
             self.usage.add_retry()
             await anyio.sleep(wait)
 
-    def _wait(self, attempts: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self._max_wait)
-        base = min(self._max_wait, self._backoff * 2 ** (attempts - 1))
-        return base * (0.5 + 0.5 * random.random())
-
-    async def _attempt(self, state: _LoopState, payload: bytes, n: int) -> LMResponse | _Failure:
+    async def _attempt(self, state: LoopState, payload: bytes, n: int) -> LMResponse | Failure:
         try:
-            await _acquire(state.limiter)
+            await acquire(state.limiter)
             try:
                 self.usage.add_request()
                 start = time.perf_counter()
@@ -549,85 +304,54 @@ class OpenAILM:
                     raw = await state.pool.request(self._origin, data)
                     status, content, headers = raw.status, raw.content, raw.headers
                 else:
-                    status, content, headers = await self._via_httpx(state, payload)
+                    status, content, headers = await self._conns.via_httpx(state, payload)
             finally:
                 state.limiter.release()
         except httpx.TimeoutException as exc:
             message = f"{self._url} did not answer within timeout={self._timeout} s"
-            return _Failure(LMTimeoutError, f"{message} ({type(exc).__name__})")
+            return Failure(LMTimeoutError, f"{message} ({type(exc).__name__})")
         except httpx.UnsupportedProtocol as exc:
             message = f"cannot request {self._url}: {exc}; base_url must start with http(s)://"
-            return _Failure(LMConnectionError, message, retryable=False)
+            return Failure(LMConnectionError, message, retryable=False)
         except httpx.TransportError as exc:
             detail = self._redact(str(exc)) or type(exc).__name__
-            return _Failure(LMConnectionError, f"could not reach {self._url}: {detail}")
+            return Failure(LMConnectionError, f"could not reach {self._url}: {detail}")
         latency = time.perf_counter() - start
         if not 200 <= status < 300:
             return self._status_failure(status, content, httpx.Headers(headers))
         return self._parse(content, n, latency)
 
-    async def _via_httpx(
-        self, state: _LoopState, payload: bytes
-    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        """One POST of ``payload`` through httpx: status, body and raw headers of the reply."""
-        assert state.client is not None
-        reply = await state.client.post(self._url, content=payload)
-        return reply.status_code, reply.content, reply.headers.raw
-
-    def _status_failure(self, status: int, content: bytes, headers: httpx.Headers) -> _Failure:
+    def _status_failure(self, status: int, content: bytes, headers: httpx.Headers) -> Failure:
         text = self._redact(content[:8000].decode(errors="replace")[:2000])
-        message = f"{self._url} answered HTTP {status}: {_error_detail(text)}"
-        hint = _HINTS.get(status)
-        if status == 401:
-            hint = (
-                f"the API key was rejected or missing; set the {self._api_key_env} "
-                "environment variable (or pass api_key=...) to a valid key"
-            )
-        elif status >= 500:
-            hint = "the server failed"
-        if hint:
-            message += f" — {hint}"
-        retryable = status in _RETRY_STATUS or status >= 500
-        retry_after = _retry_after(headers) if retryable else None
-        return _Failure(LMStatusError, message, retryable, retry_after, status, text[:500])
+        return status_failure(self._url, status, text, headers, self._api_key_env)
 
-    def _parse(self, content: bytes, n: int, latency: float) -> LMResponse | _Failure:
-        fast = _fast_parse(content, n)
-        if fast is not None:
-            model, choices, usage = fast
-            cost = self._prices.cost(usage) if self._prices is not None else 0.0
-            return LMResponse(
-                choices=choices, usage=usage, model=model or self._model, latency=latency, cost=cost
-            )
-        try:
-            wire = ChatCompletion.model_validate_json(content)
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            where = ".".join(str(p) for p in error["loc"]) or "body"
-            excerpt = self._redact(content[:200].decode(errors="replace"))
-            message = (
-                f"{self._url} answered 200 but the body is not a chat completion "
-                f"({where}: {error['msg']}); it starts {excerpt!r}"
-            )
-            return _Failure(LMReplyError, message)
-        if len(wire.choices) < n:
-            got = len(wire.choices)
-            return _Failure(LMReplyError, f"{self._url} sent {got} choices, {n} were asked for")
-        wire_choices = sorted(wire.choices, key=lambda c: c.index) if n > 1 else wire.choices
-        choices = tuple(_choice(c) for c in wire_choices[:n])
-        usage = Usage()
-        if wire.usage is not None:
-            usage = Usage(
-                prompt_tokens=wire.usage.prompt_tokens,
-                completion_tokens=wire.usage.completion_tokens,
-            )
+    def _parse(self, content: bytes, n: int, latency: float) -> LMResponse | Failure:
+        reply = fast_parse(content, n)
+        if reply is None:
+            try:
+                wire = ChatCompletion.model_validate_json(content)
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                where = ".".join(str(p) for p in error["loc"]) or "body"
+                excerpt = self._redact(content[:200].decode(errors="replace"))
+                message = (
+                    f"{self._url} answered 200 but the body is not a chat completion "
+                    f"({where}: {error['msg']}); it starts {excerpt!r}"
+                )
+                return Failure(LMReplyError, message)
+            if len(wire.choices) < n:
+                got = len(wire.choices)
+                return Failure(LMReplyError, f"{self._url} sent {got} choices, {n} were asked for")
+            reply = read_completion(wire, n)
+        model, choices, usage = reply
         cost = self._prices.cost(usage) if self._prices is not None else 0.0
-        model = wire.model or self._model
-        return LMResponse(choices=choices, usage=usage, model=model, latency=latency, cost=cost)
+        return LMResponse(
+            choices=choices, usage=usage, model=model or self._model, latency=latency, cost=cost
+        )
 
     async def _fan_out(self, body: dict[str, Any], n: int) -> LMResponse:
         """``n`` samples as ``n`` one-sample requests, for servers without ``n``."""
-        payload = _dumps({k: v for k, v in body.items() if k != "n"}).encode()
+        payload = dumps({k: v for k, v in body.items() if k != "n"}).encode()
         results: list[LMResponse | LMError | None] = [None] * n
 
         async def one(index: int) -> None:
@@ -689,83 +413,6 @@ def _check_config(
         )
 
 
-async def _acquire(limiter: anyio.CapacityLimiter) -> None:
-    """Take a slot of ``limiter``; a free one is taken without yielding to the loop.
-
-    anyio's ``acquire`` always yields once, which costs an event-loop iteration
-    per request; waiting for a slot still goes through it (and stays fair).
-    """
-    try:
-        limiter.acquire_nowait()
-    except anyio.WouldBlock:
-        await limiter.acquire()
-
-
-def _request_head(url: str, origin: Origin, headers: Mapping[str, str]) -> bytes:
-    """The request line and headers of every chat request, up to the Content-Length value."""
-    lines = [f"POST {httpx.URL(url).raw_path.decode('ascii')} HTTP/1.1"]
-    lines.append(f"Host: {origin.host_header}")
-    lines.append(f"User-Agent: {USER_AGENT}")
-    lines.extend(f"{name}: {value}" for name, value in headers.items())
-    return ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
-
-
-def _proxied(origin: Origin) -> bool:
-    """True when the environment routes requests to ``origin`` through a proxy."""
-    proxies = urllib.request.getproxies_environment()
-    if not (proxies.get(origin.scheme) or proxies.get("all")):
-        return False
-    return not urllib.request.proxy_bypass(origin.host)
-
-
-def _fast_parse(content: bytes, n: int) -> tuple[str, tuple[Choice, ...], Usage] | None:
-    """The common reply (text choices, usage) read without pydantic; None for anything else.
-
-    Anything unusual (tool calls, odd types, missing fields, too few choices)
-    returns None, and the pydantic models then parse it or say what is wrong.
-    """
-    try:
-        data = json.loads(content)
-        wires = data["choices"]
-        usage_data = data.get("usage") or {}
-        model = data.get("model", "")
-        prompt = usage_data.get("prompt_tokens", 0)
-        completion = usage_data.get("completion_tokens", 0)
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return None
-    if type(wires) is not list or len(wires) < n or type(model) is not str:
-        return None
-    if type(prompt) is not int or type(completion) is not int:
-        return None
-    found: list[tuple[int, Choice]] = []
-    for wire in wires:
-        choice = _fast_choice(wire)
-        if choice is None:
-            return None
-        found.append(choice)
-    if n > 1:
-        found.sort(key=lambda pair: pair[0])
-    choices = tuple(choice for _, choice in found[:n])
-    return model, choices, Usage(prompt_tokens=prompt, completion_tokens=completion)
-
-
-def _fast_choice(wire: Any) -> tuple[int, Choice] | None:
-    if type(wire) is not dict:
-        return None
-    message = wire.get("message")
-    if type(message) is not dict or message.get("tool_calls"):
-        return None
-    text, finish = message.get("content"), wire.get("finish_reason")
-    index, role = wire.get("index", 0), message.get("role", "assistant")
-    if text is not None and type(text) is not str:
-        return None
-    if (finish is not None and type(finish) is not str) or type(index) is not int:
-        return None
-    if type(role) is not str:
-        return None
-    return index, Choice(text=text or "", finish_reason=finish)
-
-
 def _resolve_cache(cache: object) -> ResponseCache | None:
     if cache == "default":
         return default_cache()
@@ -775,78 +422,3 @@ def _resolve_cache(cache: object) -> ResponseCache | None:
         f"cache must be 'default', a ResponseCache or None, got {cache!r} "
         "(use ResponseCache(path) for a cache file of your choice)"
     )
-
-
-def _dumps(body: dict[str, Any]) -> str:
-    try:
-        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(
-            f"the LM request is not JSON-serialisable ({exc}); messages, tools and "
-            "response_format must hold only str, numbers, bools, None, lists and dicts"
-        ) from exc
-
-
-def _choice(wire: WireChoice) -> Choice:
-    calls = tuple(
-        ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments)
-        for c in wire.message.tool_calls or ()
-    )
-    text = wire.message.content or ""
-    return Choice(text=text, tool_calls=calls, finish_reason=wire.finish_reason)
-
-
-def _encode(response: LMResponse) -> str:
-    choices = [
-        [c.text, [[t.id, t.name, t.arguments] for t in c.tool_calls], c.finish_reason]
-        for c in response.choices
-    ]
-    usage = [response.usage.prompt_tokens, response.usage.completion_tokens]
-    return json.dumps({"choices": choices, "usage": usage, "model": response.model})
-
-
-def _decode(value: str) -> LMResponse:
-    data = json.loads(value)
-    choices = tuple(
-        Choice(
-            text=text,
-            tool_calls=tuple(ToolCall(id=i, name=n, arguments=a) for i, n, a in calls),
-            finish_reason=finish,
-        )
-        for text, calls, finish in data["choices"]
-    )
-    prompt, completion = data["usage"]
-    usage = Usage(prompt_tokens=prompt, completion_tokens=completion)
-    return LMResponse(choices=choices, usage=usage, model=data["model"], cached=True)
-
-
-def _error_detail(text: str) -> str:
-    """The server's error message from an OpenAI-style error body, else the body's start."""
-    try:
-        data = json.loads(text)
-        message = data["error"]["message"] if isinstance(data["error"], dict) else data["error"]
-        return str(message)[:300]
-    except (ValueError, KeyError, TypeError):
-        return text[:300].strip() or "(empty body)"
-
-
-def _retry_after(headers: httpx.Headers) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date)."""
-    millis = headers.get("retry-after-ms")
-    if millis:
-        try:
-            return max(0.0, float(millis) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())

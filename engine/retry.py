@@ -1,0 +1,105 @@
+"""Retry policy of the chat client: which failures may pass, and how long to wait.
+
+A failed attempt becomes a :class:`Failure` first, so the retry loop can
+decide on it before it is raised as a typed
+:class:`~rhizome.engine.errors.LMError`. HTTP 408/409/429/5xx, connection
+errors, timeouts and a 200 whose body is not a chat completion may pass on
+retry; other statuses fail at once, with a hint saying what to fix. Waits grow
+exponentially with jitter, and a server's ``Retry-After`` is honoured, both
+capped at ``max_wait``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import random
+import time
+
+import httpx
+
+from rhizome.engine.errors import LMError, LMStatusError
+from rhizome.engine.wire import error_detail
+
+RETRY_STATUS = frozenset({408, 409, 429})
+HINTS = {
+    400: "the server rejected the request; check that the model supports the options used "
+    "(response_format, tools, n, stop, seed)",
+    403: "the API key may not use this model or endpoint",
+    404: "check base_url (it usually ends in /v1) and the model name",
+    422: "the server could not process the request body; check the options used",
+    429: "rate limited; lower max_concurrency or raise max_retries",
+}
+
+
+@dataclasses.dataclass(slots=True)
+class Failure:
+    """A failed attempt, before deciding whether to retry it."""
+
+    kind: type[LMError]
+    message: str
+    retryable: bool = True
+    retry_after: float | None = None
+    status: int = 0
+    body: str = ""
+
+    def error(self, attempts: int) -> LMError:
+        """The error to raise once no more attempts will be made."""
+        message = self.message
+        if attempts > 1:
+            message += f" (gave up after {attempts} attempts)"
+        if self.kind is LMStatusError:
+            return LMStatusError(message, status=self.status, body=self.body, attempts=attempts)
+        return self.kind(message, attempts=attempts)
+
+
+def status_failure(
+    url: str, status: int, text: str, headers: httpx.Headers, api_key_env: str
+) -> Failure:
+    """The failure of an HTTP error ``status`` whose (redacted) body starts ``text``."""
+    message = f"{url} answered HTTP {status}: {error_detail(text)}"
+    hint = HINTS.get(status)
+    if status == 401:
+        hint = (
+            f"the API key was rejected or missing; set the {api_key_env} "
+            "environment variable (or pass api_key=...) to a valid key"
+        )
+    elif status >= 500:
+        hint = "the server failed"
+    if hint:
+        message += f" — {hint}"
+    retryable = status in RETRY_STATUS or status >= 500
+    after = retry_after(headers) if retryable else None
+    return Failure(LMStatusError, message, retryable, after, status, text[:500])
+
+
+def backoff_wait(
+    attempts: int, retry_after: float | None, *, backoff: float, max_wait: float
+) -> float:
+    """Seconds to wait before retry number ``attempts``: ``Retry-After``, else jittered backoff."""
+    if retry_after is not None:
+        return min(retry_after, max_wait)
+    base = min(max_wait, backoff * 2 ** (attempts - 1))
+    return base * (0.5 + 0.5 * random.random())
+
+
+def retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date)."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
