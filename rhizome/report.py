@@ -87,14 +87,16 @@ def _progress(run_dir: Path) -> str:
     if not points:
         return ""
     best = sorted(points, key=lambda p: (-p.score, p.x))[:10]
-    rows = [[str(p.x), _num(p.score), f"{p.cost:,.4g}", escape(p.label[:200])] for p in best]
+    spent = "{:,.0f}" if unit == "tokens" else "{:.4g}"
+    rows = [[str(p.x), _num(p.score), spent.format(p.cost), escape(p.label[:200])] for p in best]
     return (
         "<h2>Progress</h2>"
         f'<p class="muted">Score of each of the {len(points)} trials, the best so far, and the '
-        f"{'cost' if unit == 'cost' else 'tokens'} each trial spent.</p>"
+        f"{'cost' if unit == 'cost' else 'tokens'} each trial spent, in the order the trials "
+        "finished (# below is that position).</p>"
         + trial_chart(points, unit=unit)
         + "<h2>Best trials</h2>"
-        + _table(["trial", "score", unit, "what was tried"], rows, numeric={0, 1, 2})
+        + _table(["#", "score", unit, "what was tried"], rows, numeric={0, 1, 2})
     )
 
 

@@ -144,7 +144,8 @@ def _x_axis(n: int, x_of: Callable[[int], float], height: int) -> list[str]:
         f'<text x="{_fmt(x_of(i))}" y="{y}" text-anchor="middle">{i}</text>'
         for i in range(0, n, step)
     ]
-    parts.append(f'<text x="{WIDTH - RIGHT}" y="{height - 2}" text-anchor="end">trial</text>')
+    axis = "trials, in the order they finished"
+    parts.append(f'<text x="{WIDTH - RIGHT}" y="{height - 2}" text-anchor="end">{axis}</text>')
     return parts
 
 
