@@ -75,6 +75,17 @@ class Clock:
         self.cpu = time.process_time() - self._cpu
 
 
+def rates(requests: int, clock: Clock, *, ok: int) -> dict[str, Any]:
+    """Throughput figures of a timed run: requests/s and client CPU per request."""
+    return {
+        "requests": requests,
+        "ok": ok,
+        "wall_s": clock.wall,
+        "req_per_s": requests / clock.wall,
+        "cpu_ms_per_request": clock.cpu / requests * 1e3,
+    }
+
+
 def check_count(base: str, expected: int) -> int:
     """The server's request count; raises when it is not ``expected``."""
     got = int(server_stats(base)["requests"])

@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 import dspy
-from common import MODEL, Clock, emit, measure, questions, retrieve
+from common import MODEL, Clock, emit, measure, questions, rates, retrieve
 
 
 def _lm(url: str, model: str = MODEL) -> Any:
@@ -76,7 +76,7 @@ def batch(url: str, inputs: int, concurrency: int) -> dict[str, Any]:
             examples, num_threads=concurrency, max_errors=inputs, provide_traceback=True
         )
     ok = sum(1 for r in results if r is not None and getattr(r, "answer", None))
-    return _rates(inputs * 2, clock, ok)
+    return rates(inputs * 2, clock, ok=ok)
 
 
 def abatch(url: str, inputs: int, concurrency: int) -> dict[str, Any]:
@@ -95,17 +95,7 @@ def abatch(url: str, inputs: int, concurrency: int) -> dict[str, Any]:
     with dspy.context(lm=_lm(url)), Clock() as clock:
         results = asyncio.run(run_all())
     ok = sum(1 for r in results if getattr(r, "answer", None))
-    return _rates(inputs * 2, clock, ok)
-
-
-def _rates(requests: int, clock: Clock, ok: int) -> dict[str, Any]:
-    return {
-        "requests": requests,
-        "ok": ok,
-        "wall_s": clock.wall,
-        "req_per_s": requests / clock.wall,
-        "cpu_ms_per_request": clock.cpu / requests * 1e3,
-    }
+    return rates(inputs * 2, clock, ok=ok)
 
 
 def main() -> None:

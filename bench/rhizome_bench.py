@@ -24,7 +24,7 @@ from typing import Any
 # Import the working tree's rhizome whatever the installed copy says.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import MODEL, Clock, emit, measure, questions, retrieve
+from common import MODEL, Clock, emit, measure, questions, rates, retrieve
 
 
 def _lm(url: str, concurrency: int) -> Any:
@@ -87,7 +87,7 @@ async def batch(url: str, inputs: int, concurrency: int) -> dict[str, Any]:
     failed = [r.error for r in results if not r.ok]
     if failed:
         raise RuntimeError(f"{len(failed)} inputs failed, first: {failed[0]}")
-    return _rates(inputs * 2, clock, ok=len(results))
+    return rates(inputs * 2, clock, ok=len(results))
 
 
 async def client(url: str, requests: int, concurrency: int) -> dict[str, Any]:
@@ -108,7 +108,7 @@ async def client(url: str, requests: int, concurrency: int) -> dict[str, Any]:
     with Clock() as clock:
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     await lm.aclose()
-    return _rates(requests, clock, ok=requests)
+    return rates(requests, clock, ok=requests)
 
 
 async def bare_httpx(url: str, requests: int, concurrency: int) -> dict[str, Any]:
@@ -130,17 +130,7 @@ async def bare_httpx(url: str, requests: int, concurrency: int) -> dict[str, Any
 
         with Clock() as clock:
             await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return _rates(requests, clock, ok=requests)
-
-
-def _rates(requests: int, clock: Clock, *, ok: int) -> dict[str, Any]:
-    return {
-        "requests": requests,
-        "ok": ok,
-        "wall_s": clock.wall,
-        "req_per_s": requests / clock.wall,
-        "cpu_ms_per_request": clock.cpu / requests * 1e3,
-    }
+    return rates(requests, clock, ok=requests)
 
 
 def main() -> None:
