@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -67,3 +69,17 @@ async def wait_until(condition: Callable[[], bool], within: float, what: str) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within} s waiting for {what}")
         await anyio.sleep(0.02)
+
+
+async def interrupt(child: Any, *, within: float = 10.0) -> tuple[bytes, float]:
+    """Send SIGINT (what Ctrl-C sends) to ``child`` and wait for it to exit.
+
+    Returns its whole stderr and the seconds from the signal to its exit.
+    """
+    sent = time.perf_counter()
+    child.send_signal(signal.SIGINT)
+    with anyio.fail_after(within):
+        assert child.stderr is not None
+        err = b"".join([chunk async for chunk in child.stderr])
+        await child.wait()
+    return err, time.perf_counter() - sent

@@ -27,7 +27,14 @@ from rhizome.nodes.function import FunctionNode
 from rhizome.nodes.predict import Predict
 from rhizome.tools.sandbox import PythonSandbox
 from tests.reliability.faults import echo_answer, question_tag
-from tests.reliability.procs import alive, command_line, descendants, wait_for, wait_until
+from tests.reliability.procs import (
+    alive,
+    command_line,
+    descendants,
+    interrupt,
+    wait_for,
+    wait_until,
+)
 from tests.server import OpenAIServer, Reply
 
 
@@ -142,13 +149,7 @@ async def test_ctrl_c_then_resume_redoes_nothing(server: OpenAIServer, tmp_path:
     try:
         await wait_until(lambda: len(journal(run_dir)) == fast, 30, "the fast examples")
         await wait_until(lambda: server.in_flight >= 8, 10, "the stuck requests")
-        sent = time.perf_counter()
-        child.send_signal(signal.SIGINT)  # what Ctrl-C sends
-        with anyio.fail_after(10):
-            assert child.stderr is not None
-            err = b"".join([chunk async for chunk in child.stderr])
-            await child.wait()
-        exited_after = time.perf_counter() - sent
+        err, exited_after = await interrupt(child)
     finally:
         if child.returncode is None:
             child.kill()

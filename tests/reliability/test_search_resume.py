@@ -8,10 +8,8 @@ SIGINT half-way, and the search is resumed on its run directory.
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import anyio
@@ -20,7 +18,7 @@ import pytest
 from rhizome.optimizers.joint import JointSearch
 from rhizome.optimizers.records import read_jsonl
 from tests.reliability import search_case
-from tests.reliability.procs import wait_until
+from tests.reliability.procs import interrupt, wait_until
 from tests.server import OpenAIServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,13 +47,7 @@ async def test_ctrl_c_on_a_search_then_resume_ends_where_an_uninterrupted_one_en
     )
     try:
         await wait_until(lambda: len(read_jsonl(cut / "trials.jsonl")) >= 4, 60, "4 trials")
-        child.send_signal(signal.SIGINT)
-        sent = time.perf_counter()
-        with anyio.fail_after(10):
-            assert child.stderr is not None
-            err = b"".join([chunk async for chunk in child.stderr])
-            await child.wait()
-        exited_after = time.perf_counter() - sent
+        err, exited_after = await interrupt(child)
     finally:
         if child.returncode is None:
             child.kill()
