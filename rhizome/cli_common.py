@@ -34,6 +34,10 @@ LM_HINT = (
 )
 METRICS = ("exact_match", "token_f1", "numeric_match", "answer_in_passages")
 
+# Shorthands every command module uses to register its sub-parsers.
+Sub = argparse._SubParsersAction  # type: ignore[type-arg]
+RAW = argparse.RawDescriptionHelpFormatter
+
 
 class CommandError(ConfigError):
     """A problem with what the command was asked to do, with a hint on how to fix it."""

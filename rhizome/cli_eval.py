@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from rhizome.cli_common import (
+    RAW,
     CommandError,
+    Sub,
     add_lm,
     add_otel,
     add_program,
@@ -36,8 +38,6 @@ if TYPE_CHECKING:
     from rhizome.optimizers.base import Optimizer
     from rhizome.optimizers.metrics import Metric
 
-Sub = argparse._SubParsersAction  # type: ignore[type-arg]
-RAW = argparse.RawDescriptionHelpFormatter
 OPTIMIZERS = ("bootstrap", "labeled", "random", "joint", "copro")
 
 EVAL_HELP = """\

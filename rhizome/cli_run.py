@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from rhizome.cli_common import (
+    RAW,
     CommandError,
+    Sub,
     add_lm,
     add_otel,
     add_program,
@@ -40,8 +42,6 @@ if TYPE_CHECKING:
     from rhizome.engine.lm import LM
     from rhizome.telemetry import Telemetry
 
-Sub = argparse._SubParsersAction  # type: ignore[type-arg]
-RAW = argparse.RawDescriptionHelpFormatter
 
 RUN_HELP = """\
 Run the program once on one set of inputs and print its outputs. The run's

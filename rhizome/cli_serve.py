@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rhizome.cli_common import (
     CommandError,
+    Sub,
     add_lm,
     add_otel,
     add_program,
@@ -22,8 +23,6 @@ from rhizome.cli_common import (
     positive,
     require_lm,
 )
-
-Sub = argparse._SubParsersAction  # type: ignore[type-arg]
 
 SERVE_HELP = """\
 Serve the program over HTTP (FastAPI + uvicorn):
