@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import anyio
 
 from rhizome.engine import saving
+from rhizome.engine.collector import calm_collector
 from rhizome.engine.context import context
 from rhizome.engine.errors import ConfigError, describe
 from rhizome.engine.example import Example, Prediction
@@ -180,7 +181,7 @@ async def _drive(
             limiter.release_on_behalf_of(index)
 
     try:
-        with context(lm=lm) if lm is not None else contextlib.nullcontext():
+        with context(lm=lm) if lm is not None else contextlib.nullcontext(), calm_collector():
             async with anyio.create_task_group() as tg:
                 for index, example in todo:
                     # Taking the slot before starting keeps at most `concurrency` tasks alive.

@@ -217,7 +217,7 @@ class OpenAILM:
             if request.n > 1 and not self._caps.n:
                 response = await self._fan_out(body, request.n)
             else:
-                response = await self._send(payload.encode(), request.n)
+                response = await self._send(payload, request.n)
         except LMError as exc:
             self.usage.add_error()
             self._remember(request, None, str(exc))
@@ -247,9 +247,9 @@ class OpenAILM:
     def _body(self, request: LMRequest) -> dict[str, Any]:
         return request_body(self._model, request, self._temperature, self._max_tokens)
 
-    def _cache_key(self, payload: str, sample: int) -> str:
-        text = f"{self._cache_namespace}\n{sample}\n{payload}"
-        return hashlib.sha256(text.encode()).hexdigest()
+    def _cache_key(self, payload: bytes, sample: int) -> str:
+        head = f"{self._cache_namespace}\n{sample}\n".encode()
+        return hashlib.sha256(head + payload).hexdigest()
 
     async def _cache_get(self, key: str, request: LMRequest) -> LMResponse | None:
         assert self._cache is not None
@@ -351,7 +351,7 @@ class OpenAILM:
 
     async def _fan_out(self, body: dict[str, Any], n: int) -> LMResponse:
         """``n`` samples as ``n`` one-sample requests, for servers without ``n``."""
-        payload = dumps({k: v for k, v in body.items() if k != "n"}).encode()
+        payload = dumps({k: v for k, v in body.items() if k != "n"})
         results: list[LMResponse | LMError | None] = [None] * n
 
         async def one(index: int) -> None:

@@ -77,6 +77,24 @@ def context(
         _SETTINGS.reset(token)
 
 
+def push_lm(lm: LM | None) -> contextvars.Token[RunSettings] | None:
+    """Make ``lm`` the default LM until :func:`pop_settings`; None when nothing changed.
+
+    The per-run form of ``context(lm=...)``, without a context manager's cost.
+    """
+    current = _SETTINGS.get()
+    if lm is None or current.lm is lm:
+        return None
+    changed = RunSettings(lm=lm, sample=current.sample, node_timeout=current.node_timeout)
+    return _SETTINGS.set(changed)
+
+
+def pop_settings(token: contextvars.Token[RunSettings] | None) -> None:
+    """Undo :func:`push_lm` (a None token changed nothing)."""
+    if token is not None:
+        _SETTINGS.reset(token)
+
+
 def resolve_lm(bound: LM | None, *, node: str = "?") -> LM:
     """The LM a node should use: its own if bound, else the ambient default."""
     if bound is not None:

@@ -11,18 +11,17 @@ through untouched.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from rhizome.engine.context import context, settings
+from rhizome.engine.context import pop_settings, push_lm, settings
 from rhizome.engine.errors import GraphError, NodeError, NodeTimeoutError
 from rhizome.engine.example import Prediction
-from rhizome.engine.trace import NodeRecord, Trace, node_record, recording
+from rhizome.engine.trace import NodeRecord, Trace, node_record, start_recording, stop_recording
 
 if TYPE_CHECKING:
     from rhizome.engine.lm import LM
@@ -288,19 +287,15 @@ async def run_traced(
     """
     try:
         trace.inputs = check_inputs(plan, values)
-        with recording(trace), _default_lm(lm):
+        # Set and reset inline: two context managers per run cost more than the run's bookkeeping.
+        trace_token, lm_token = start_recording(trace), push_lm(lm)
+        try:
             outputs = await execute(plan, trace.inputs)
+        finally:
+            pop_settings(lm_token)
+            stop_recording(trace_token)
     except Exception as exc:
         trace.error = f"{type(exc).__name__}: {exc}"
         raise
     trace.outputs = outputs
     return Prediction(outputs, trace=trace)
-
-
-@contextlib.contextmanager
-def _default_lm(lm: LM | None) -> Iterator[None]:
-    if lm is None:
-        yield
-        return
-    with context(lm=lm):
-        yield

@@ -187,6 +187,16 @@ def current_record() -> NodeRecord | None:
     return _RECORD.get()
 
 
+def start_recording(trace: Trace) -> contextvars.Token[Trace | None]:
+    """Record into ``trace`` until :func:`stop_recording` (``recording`` without the block)."""
+    return _TRACE.set(trace)
+
+
+def stop_recording(token: contextvars.Token[Trace | None]) -> None:
+    """End what :func:`start_recording` began."""
+    _TRACE.reset(token)
+
+
 @contextlib.contextmanager
 def recording(trace: Trace) -> Iterator[Trace]:
     """Record into ``trace`` for the duration of the block."""

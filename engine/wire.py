@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict
 
 from rhizome.engine.errors import ConfigError
@@ -119,19 +120,28 @@ def request_body(
     return body
 
 
-def dumps(body: dict[str, Any]) -> str:
-    """``body`` as canonical JSON (sorted keys, no spaces), the form sent and cached.
+def dumps(body: dict[str, Any]) -> bytes:
+    """``body`` as canonical UTF-8 JSON (sorted keys, no spaces), the bytes sent and cached.
+
+    orjson writes the common body; what it refuses (integer dict keys, integers
+    beyond 64 bits) goes through the standard library, which writes the same
+    form for everything orjson accepts.
 
     Raises:
         ConfigError: The body holds something JSON cannot carry.
     """
     try:
-        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        pass
+    try:
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise ConfigError(
             f"the LM request is not JSON-serialisable ({exc}); messages, tools and "
             "response_format must hold only str, numbers, bools, None, lists and dicts"
         ) from exc
+    return text.encode()
 
 
 # ---- replies --------------------------------------------------------------
@@ -144,7 +154,7 @@ def fast_parse(content: bytes, n: int) -> tuple[str, tuple[Choice, ...], Usage] 
     returns None, and the pydantic models then parse it or say what is wrong.
     """
     try:
-        data = json.loads(content)
+        data = orjson.loads(content)
         wires = data["choices"]
         usage_data = data.get("usage") or {}
         model = data.get("model", "")

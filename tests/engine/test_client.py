@@ -351,3 +351,16 @@ async def test_unreachable_server_raises_connection_error() -> None:
 def test_deepcopy_shares_the_client(server: OpenAIServer) -> None:
     lm = make_lm(server)
     assert copy.deepcopy({"lm": lm})["lm"] is lm
+
+
+def test_request_bodies_are_canonical_json() -> None:
+    from rhizome.engine.wire import dumps
+
+    body = {"model": "m", "messages": [{"role": "user", "content": 'héllo "x"\n\u2028'}], "n": 2}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert dumps(body) == canonical.encode()
+    # What the fast encoder refuses goes through the standard library: same form.
+    odd = {"model": "m", "logit_bias": {50256: -100}, "seed": 2**70}
+    assert json.loads(dumps(odd)) == {"model": "m", "logit_bias": {"50256": -100}, "seed": 2**70}
+    with pytest.raises(ConfigError, match="not JSON-serialisable"):
+        dumps({"model": "m", "messages": [object()]})
