@@ -36,7 +36,8 @@ async def _dev_score(graph: Graph, dev: list[Any], lm: LM, out: Path, name: str)
     return {"score": result.score, "ci95": result.ci95, "eval_calls": result.usage.get("calls", 0)}
 
 
-async def _measure(lm: LM, graph: Graph, args: argparse.Namespace) -> list[dict[str, Any]]:
+async def measure_rhizome(lm: LM, graph: Graph, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Dev score of the graph, then of what each optimizer makes of it, with the calls spent."""
     train = load_multihop("train")
     dev = load_multihop("dev")[: args.dev_size]
     rows = [{"stage": "unoptimized", **await _dev_score(graph, dev, lm, args.out, "unoptimized")}]
@@ -77,8 +78,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     retriever = build_index(args.out)
     t0 = time.perf_counter()
-    with local_lm(n_parallel=4, log_path=args.out / "llama-server.log") as lm:
-        rows = anyio.run(_measure, lm, build_graph(retriever), args)
+    with local_lm(n_parallel=4, cache=None, log_path=args.out / "llama-server.log") as lm:
+        rows = anyio.run(measure_rhizome, lm, build_graph(retriever), args)
     print(json.dumps(rows, indent=2))
     print(f"total {time.perf_counter() - t0:.0f} s")
 

@@ -4,13 +4,14 @@
     /work/venv/bin/python bench/run.py --reps 1   # a quick look
 
 DSPy runs from its own venv (``bench/.venv-dspy``; ``--setup`` creates it with
-``pip install dspy==3.4.1``); rhizome never imports it. The mock server runs in
-its own process and every measurement in a fresh client process; ``--pin``
-puts the server on the last CPU and the clients on the first (on a machine
-shared with other work, leaving placement to the OS measured steadier). Every client
-measurement is checked against the server's request count. Repetitions are
-interleaved (rhizome, DSPy, rhizome, ...) so both see the same machine load,
-and the load average is recorded next to each figure.
+``pip install "dspy[optuna]==3.4.1"``, optuna for MIPROv2); rhizome never
+imports it. The mock server runs in its own process and every measurement in a
+fresh client process; ``--pin`` puts the server on the last CPU and the clients
+on the first (on a machine shared with other work, leaving placement to the OS
+measured steadier). Every client measurement is checked against the server's
+request count. Repetitions are interleaved (rhizome, DSPy, rhizome, ...) so
+both see the same machine load, and the load average is recorded next to each
+figure.
 """
 
 from __future__ import annotations
@@ -308,7 +309,7 @@ def table(s: dict[str, Any]) -> str:
 def setup_dspy() -> None:
     """Create the DSPy venv used only by this benchmark."""
     subprocess.run([sys.executable, "-m", "venv", str(DSPY_VENV)], check=True)
-    pip = [str(DSPY_VENV / "bin" / "pip"), "install", "-q", f"dspy=={DSPY_VERSION}"]
+    pip = [str(DSPY_VENV / "bin" / "pip"), "install", "-q", f"dspy[optuna]=={DSPY_VERSION}"]
     subprocess.run(pip, check=True)
 
 
