@@ -34,6 +34,8 @@ import contextlib
 import http.client
 import json
 import logging
+import os
+import signal
 import sys
 import threading
 import time
@@ -434,6 +436,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-tokens", type=int, default=None, help="default: DSPy's (none sent to the server)"
     )
+    parser.add_argument(
+        "--budget-s", type=int, default=0, help="stop the stage running after this many seconds"
+    )
     args = parser.parse_args(argv)
     args.optimizers = [x.strip() for x in args.optimizers.split(",") if x.strip()]
     unknown = sorted(set(args.optimizers) - set(STEPS))
@@ -458,12 +463,20 @@ def measure(args: argparse.Namespace, lm_url: str, tally: Tally) -> dict[str, An
     data = load_data(args.data)
     ctx = Run(args=args, lm=lm, tools=Tools(args.tools_url), data=data, tally=tally)
     rows: list[dict[str, Any]] = []
+    stopped = ""
     for stage, step in [("unoptimized", run_unoptimized), *(STEPS[x] for x in args.optimizers)]:
         row: dict[str, Any] = {"stage": stage}
         rows.append(row)
+        if stopped:
+            row["error"] = f"not run: {stopped}"
+            continue
         say(f"{stage}: starting")
         try:
             step(row, ctx)
+        except OutOfTime as exc:  # the row keeps what was spent until the stop
+            stopped = str(exc)
+            say(f"{stage} stopped: {stopped}")
+            row["error"] = f"unfinished: {stopped}"
         except Exception as exc:  # keep the other stages; the row keeps what was spent
             say(f"{stage} failed: {type(exc).__name__}: {exc}")
             row["error"] = f"{type(exc).__name__}: {exc}"
@@ -490,14 +503,34 @@ def settings(args: argparse.Namespace, data: dict[str, list[Any]]) -> dict[str, 
     }
 
 
+class OutOfTime(BaseException):
+    """The time budget ran out or the process was asked to stop (SIGTERM).
+
+    A BaseException, like KeyboardInterrupt, so that DSPy's handlers of
+    failing examples do not swallow it.
+    """
+
+
+def _stop(signum: int, frame: Any) -> None:
+    reason = "time budget reached" if signum == signal.SIGALRM else "stopped by SIGTERM"
+    raise OutOfTime(reason)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line entry: run the stages, print ``RESULT {json}`` on stdout."""
     args = parse_args(argv)
     tally = Tally()
     stdout = sys.stdout
+    signal.signal(signal.SIGTERM, _stop)
+    if args.budget_s > 0:
+        signal.signal(signal.SIGALRM, _stop)
+        signal.alarm(args.budget_s)
     with counting_proxy(args.lm_url, tally) as lm_url, contextlib.redirect_stdout(sys.stderr):
         result = measure(args, lm_url, tally)
+    signal.alarm(0)
     print("RESULT " + json.dumps(result), file=stdout, flush=True)
+    # A stopped stage may leave DSPy's worker threads mid-request: do not wait for them.
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,34 @@ async def measure(lm: Any, n: int, concurrency: int, max_tokens: int) -> dict[st
     }
 
 
+async def prefix_probe(lm: Any) -> dict[str, Any]:
+    """What the prefix cache saves: llama.cpp's own count of prompt tokens it evaluated.
+
+    Sends the last few-shot prompt again with a new question, once with the
+    server's prompt cache and once without (``cache_prompt: false``), and reads
+    ``timings.prompt_n`` (tokens evaluated) against ``usage.prompt_tokens``.
+    """
+    import httpx
+
+    messages = [dict(m) for m in lm.inspect_history(1)[0].request.messages]
+    out: dict[str, Any] = {}
+    async with httpx.AsyncClient(timeout=120) as http:
+        for label, cached in (("with_cache", True), ("without_cache", False)):
+            messages[-1]["content"] = messages[-1]["content"].replace("What is", "Compute", 1)
+            body = {"model": lm.name, "messages": messages, "max_tokens": 1, "temperature": 0}
+            reply = await http.post(
+                f"{lm.base_url}/chat/completions", json={**body, "cache_prompt": cached}
+            )
+            data = reply.raise_for_status().json()
+            timings = data.get("timings", {})
+            out[label] = {
+                "prompt_tokens": data["usage"]["prompt_tokens"],
+                "evaluated": timings.get("prompt_n"),
+                "prompt_ms": round(timings.get("prompt_ms", 0.0), 1),
+            }
+    return out
+
+
 async def run(n: int, threads: int | None, max_tokens: int) -> dict[str, Any]:
     """Start the embedded model once (8 slots) and measure at concurrency 1, 4 and 8."""
     from rhizome.tools.local_lm import async_local_lm
@@ -78,6 +106,8 @@ async def run(n: int, threads: int | None, max_tokens: int) -> dict[str, Any]:
             result = await measure(lm, n, concurrency, max_tokens)
             out["runs"].append(result)
             print(result, file=sys.stderr, flush=True)
+        out["prefix_cache"] = await prefix_probe(lm)
+        print(out["prefix_cache"], file=sys.stderr, flush=True)
     out["load_after"] = os.getloadavg()
     return out
 

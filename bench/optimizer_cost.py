@@ -157,7 +157,8 @@ async def _run_dspy(lm: LM, port: int, data: Path, args: argparse.Namespace) -> 
         "--lm-url", lm.base_url, "--model", lm.name, "--tools-url", f"http://127.0.0.1:{port}",
         "--data", str(data), "--out", str(args.out), "--threads", "4",
         "--optimizers", args.dspy_optimizers, "--candidates", str(args.candidates),
-        "--minibatch", "10", "--seed", "0",
+        "--minibatch", "10", "--seed", "0", "--budget-s", str(args.dspy_budget_s),
+        *(["--max-tokens", str(args.dspy_max_tokens)] if args.dspy_max_tokens else []),
     ]  # fmt: skip
     with (args.out / "dspy.log").open("wb") as log:
         done = await anyio.run_process(command, stderr=log, check=False)
@@ -195,6 +196,12 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=4, help="DSPy random-search programs")
     parser.add_argument("--sides", default="rhizome,dspy")
     parser.add_argument("--dspy-optimizers", default="bfrs,mipro")
+    parser.add_argument(
+        "--dspy-max-tokens", type=int, default=0, help="cap DSPy's replies (0: DSPy's default)"
+    )
+    parser.add_argument(
+        "--dspy-budget-s", type=int, default=0, help="stop DSPy's stage running after this long"
+    )
     parser.add_argument("--save", type=Path, default=HERE / "results_optimizers.json")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

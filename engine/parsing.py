@@ -254,6 +254,8 @@ def coerce_json(field: Field, value: Any) -> Any:
         ValueError: The value is not of the field's type.
     """
     annotation = field.annotation
+    if annotation is str and type(value) is str:  # the common case, without the type walk
+        return field.validate(value)
     inner, nullable = split_optional(annotation)
     if value is None and nullable:
         return field.validate(None)
