@@ -77,11 +77,12 @@ async def prefix_probe(lm: Any) -> dict[str, Any]:
     import httpx
 
     messages = [dict(m) for m in lm.inspect_history(1)[0].request.messages]
+    # A question the server has not seen after the shared few-shot prefix.
+    messages[-1]["content"] = messages[-1]["content"].replace("What is", "Compute", 1)
+    body = {"model": lm.name, "messages": messages, "max_tokens": 1, "temperature": 0}
     out: dict[str, Any] = {}
     async with httpx.AsyncClient(timeout=120) as http:
         for label, cached in (("with_cache", True), ("without_cache", False)):
-            messages[-1]["content"] = messages[-1]["content"].replace("What is", "Compute", 1)
-            body = {"model": lm.name, "messages": messages, "max_tokens": 1, "temperature": 0}
             reply = await http.post(
                 f"{lm.base_url}/chat/completions", json={**body, "cache_prompt": cached}
             )

@@ -130,38 +130,14 @@ def one_round(bench: Bench, dspy: str, calls: int, inputs: int) -> None:
     )
     for c in (64, 256):
         n = [str(inputs), str(c)]
-        bench.measure(
-            f"batch{c}.rhizome",
-            PY,
-            "rhizome_bench.py",
-            ["batch", *n],
-            latency=0.2,
-            expect=2 * inputs,
-        )
-        bench.measure(
-            f"batch{c}.dspy_threads",
-            dspy,
-            "dspy_bench.py",
-            ["batch", *n],
-            latency=0.2,
-            expect=2 * inputs,
-        )
-        bench.measure(
-            f"batch{c}.dspy_async",
-            dspy,
-            "dspy_bench.py",
-            ["abatch", *n],
-            latency=0.2,
-            expect=2 * inputs,
-        )
-        bench.measure(
-            f"batch{c}.raw",
-            PY,
-            "raw_client.py",
-            ["throughput", str(2 * inputs), str(c)],
-            latency=0.2,
-            expect=2 * inputs,
-        )
+        runs = [
+            ("rhizome", PY, "rhizome_bench.py", ["batch", *n]),
+            ("dspy_threads", dspy, "dspy_bench.py", ["batch", *n]),
+            ("dspy_async", dspy, "dspy_bench.py", ["abatch", *n]),
+            ("raw", PY, "raw_client.py", ["throughput", str(2 * inputs), str(c)]),
+        ]
+        for name, python, script, args in runs:
+            bench.measure(f"batch{c}.{name}", python, script, args, latency=0.2, expect=2 * inputs)
     bench.measure(
         "pool256.httpx_one_pool",
         PY,
