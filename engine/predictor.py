@@ -19,6 +19,7 @@ import copy
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from rhizome.engine.calling import run_predictor
 from rhizome.engine.signature import Signature
 
 if TYPE_CHECKING:
@@ -97,9 +98,7 @@ class Predictor:
         return (await self.sample(inputs, n=1))[0]
 
     async def sample(self, inputs: dict[str, Any], *, n: int = 1) -> list[dict[str, Any]]:
-        """Run the LM call and return ``n`` parsed samples (filled in by the adapters module)."""
-        from rhizome.engine.adapters import run_predictor
-
+        """Run the LM call and return ``n`` parsed samples."""
         return await run_predictor(self, inputs, n=n)
 
     def __repr__(self) -> str:

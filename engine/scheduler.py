@@ -1,8 +1,8 @@
 """The scheduler: run a validated plan in one anyio task group.
 
 Every node gets a task that waits for the nodes feeding it, decides whether
-it runs or is skipped (routers), and runs it inside a
-:func:`~rhizome.engine.trace.node_record` with its time limit. Independent nodes
+it runs or is skipped (routers), and runs it with its own node record
+(:func:`~rhizome.engine.trace.open_record`) and its time limit. Independent nodes
 therefore run concurrently, and each node starts as soon as its inputs exist.
 The first node failure cancels the rest and comes out as one
 :class:`~rhizome.engine.errors.NodeError`; cancellation from outside passes
@@ -21,7 +21,14 @@ import anyio
 from rhizome.engine.context import pop_settings, push_lm, settings
 from rhizome.engine.errors import GraphError, NodeError, NodeTimeoutError
 from rhizome.engine.example import Prediction
-from rhizome.engine.trace import NodeRecord, Trace, node_record, start_recording, stop_recording
+from rhizome.engine.trace import (
+    NodeRecord,
+    Trace,
+    close_record,
+    open_record,
+    start_recording,
+    stop_recording,
+)
 
 if TYPE_CHECKING:
     from rhizome.engine.lm import LM
@@ -216,24 +223,28 @@ async def _run_node(
     node, path = plan.node, run.path(plan.name)
     timeout = node.timeout if node.timeout is not None else settings().node_timeout
     record = NodeRecord(node=path, kind=node.kind, inputs=dict(inputs), parents=parents)
-    path_token = _PATH.set(path)  # set and reset inline: a context manager per node costs
+    # The path and the record are set and reset inline: context managers per node cost.
+    path_token, opened = _PATH.set(path), open_record(record)
     try:
-        with node_record(record):
-            if timeout is None:  # no cancel scope to enter and leave: they cost on every node
+        if timeout is None:  # no cancel scope to enter and leave: they cost on every node
+            outputs = await node.forward(**inputs)
+        else:
+            with anyio.move_on_after(timeout) as scope:
                 outputs = await node.forward(**inputs)
-            else:
-                with anyio.move_on_after(timeout) as scope:
-                    outputs = await node.forward(**inputs)
-                if scope.cancelled_caught:
-                    raise NodeTimeoutError(
-                        f"ran past its timeout of {timeout:g} s; raise it with the node's "
-                        "timeout=... or rhizome.context(node_timeout=...)",
-                        node=path,
-                        kind=node.kind,
-                    )
-            checked = _check_outputs(plan, outputs)
-            record.outputs = dict(checked)
+            if scope.cancelled_caught:
+                raise NodeTimeoutError(
+                    f"ran past its timeout of {timeout:g} s; raise it with the node's "
+                    "timeout=... or rhizome.context(node_timeout=...)",
+                    node=path,
+                    kind=node.kind,
+                )
+        checked = _check_outputs(plan, outputs)
+        record.outputs = dict(checked)
+    except BaseException as exc:
+        record.error = f"{type(exc).__name__}: {exc}"
+        raise
     finally:
+        close_record(record, opened)
         _PATH.reset(path_token)
     return checked
 

@@ -25,6 +25,7 @@ import functools
 import re
 import typing
 from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
 import pydantic
@@ -136,8 +137,12 @@ class Signature:
         if instruction is None:
             instruction = type(self)._class_instruction
         self._fields: tuple[Field, ...] = parsed
-        self.instruction: str = instruction or _default_instruction(parsed)
+        self._instruction: str = instruction or _default_instruction(parsed)
         _check_fields(parsed, spec)
+        # Immutable, so the views and the hash are built once: every LM call reads them.
+        self._inputs = MappingProxyType({f.name: f for f in parsed if f.is_input})
+        self._outputs = MappingProxyType({f.name: f for f in parsed if not f.is_input})
+        self._hash = hash((parsed, self._instruction))
 
     @classmethod
     def coerce(cls, value: str | Signature | type[Signature]) -> Signature:
@@ -154,19 +159,24 @@ class Signature:
         )
 
     @property
+    def instruction(self) -> str:
+        """What the LM is asked to do (change it with :meth:`with_instruction`)."""
+        return self._instruction
+
+    @property
     def fields(self) -> tuple[Field, ...]:
         """All fields, inputs first, in declaration order."""
         return self._fields
 
     @property
-    def inputs(self) -> dict[str, Field]:
-        """The input fields by name."""
-        return {f.name: f for f in self._fields if f.is_input}
+    def inputs(self) -> Mapping[str, Field]:
+        """The input fields by name (read-only)."""
+        return self._inputs
 
     @property
-    def outputs(self) -> dict[str, Field]:
-        """The output fields by name."""
-        return {f.name: f for f in self._fields if not f.is_input}
+    def outputs(self) -> Mapping[str, Field]:
+        """The output fields by name (read-only)."""
+        return self._outputs
 
     def with_instruction(self, instruction: str) -> Signature:
         """Return a copy with a different instruction."""
@@ -202,7 +212,7 @@ class Signature:
         return self._fields == other._fields and self.instruction == other.instruction
 
     def __hash__(self) -> int:
-        return hash((self._fields, self.instruction))
+        return self._hash
 
     def __repr__(self) -> str:
         return f"Signature({self.spec()!r})"

@@ -212,22 +212,35 @@ def node_record(record: NodeRecord) -> Iterator[NodeRecord]:
     """Append ``record`` to the current trace and make it current for the block.
 
     Times the block into ``record.latency``; exceptions are noted in
-    ``record.error`` and re-raised.
+    ``record.error`` and re-raised. (The scheduler calls :func:`open_record`
+    and :func:`close_record` inline instead: a generator per node costs.)
     """
-    trace = _TRACE.get()
-    if trace is not None:
-        trace.records.append(record)
-    token = _RECORD.set(record)
-    record.started = time.time()
-    t0 = time.perf_counter()
+    opened = open_record(record)
     try:
         yield record
     except BaseException as exc:
         record.error = f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        record.latency = time.perf_counter() - t0
-        _RECORD.reset(token)
+        close_record(record, opened)
+
+
+def open_record(record: NodeRecord) -> tuple[contextvars.Token[NodeRecord | None], float]:
+    """Append ``record`` to the current trace and make it current; pass the result to close."""
+    trace = _TRACE.get()
+    if trace is not None:
+        trace.records.append(record)
+    record.started = time.time()
+    return _RECORD.set(record), time.perf_counter()
+
+
+def close_record(
+    record: NodeRecord, opened: tuple[contextvars.Token[NodeRecord | None], float]
+) -> None:
+    """Time ``record`` and restore the record that was current before :func:`open_record`."""
+    token, t0 = opened
+    record.latency = time.perf_counter() - t0
+    _RECORD.reset(token)
 
 
 def log_call(call: LMCall) -> None:
