@@ -222,7 +222,10 @@ class JSONAdapter(_ChatAdapter):
 
 def default_adapter(lm: LM) -> Adapter:
     """JSONAdapter for LMs that honour JSON schemas, else TextAdapter."""
-    return JSONAdapter() if lm.capabilities.json_schema else TextAdapter()
+    return _JSON if lm.capabilities.json_schema else _TEXT
+
+
+_JSON, _TEXT = JSONAdapter(), TextAdapter()  # stateless: one of each serves every call
 
 
 # ---------------------------------------------------------------- cached templates

@@ -117,6 +117,9 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.transport = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.waiter is not None and not self.waiter.done():
             if not self.got_data:
                 self._fail(_Stale())
@@ -133,7 +136,8 @@ class _Connection(asyncio.Protocol):
         self.waiter, self.got_data, self.eof, self.head = waiter, False, False, None
         self.buffer.clear()
         self.last_data = self.loop.time()
-        self.timer = self.loop.call_at(self.last_data + self.timeout, self._check_timeout)
+        if self.timer is None:  # a running watchdog stays armed across back-to-back exchanges
+            self.timer = self.loop.call_at(self.last_data + self.timeout, self._check_timeout)
         self.transport.write(data)
         try:
             return await waiter
@@ -141,10 +145,17 @@ class _Connection(asyncio.Protocol):
             self.close()  # cancelled or failed mid-exchange: the connection state is unknown
             raise
         finally:
-            self.timer.cancel()
             self.waiter = None
 
     def _check_timeout(self) -> None:
+        """The watchdog: fail the exchange in flight once it has had no data for the timeout.
+
+        One timer per connection, re-armed from here only while an exchange is in
+        flight, instead of a timer set and cancelled for every request.
+        """
+        self.timer = None
+        if self.waiter is None or self.closed:
+            return  # idle: the next exchange arms it again
         quiet = self.loop.time() - self.last_data
         if quiet < self.timeout:  # data came meanwhile: wait for the rest of the window
             self.timer = self.loop.call_later(self.timeout - quiet, self._check_timeout)
@@ -204,6 +215,9 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         """Close the connection now."""
         self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.transport is not None:
             self.transport.close()
             self.transport = None

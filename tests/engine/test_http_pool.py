@@ -124,6 +124,49 @@ async def test_silent_server_times_out(raw_server: Starter) -> None:
     await pool.aclose()
 
 
+@pytest.mark.parametrize("pause", [0.0, 0.3])
+async def test_timeout_counts_from_each_exchange_on_a_reused_connection(
+    raw_server: Starter, pause: float
+) -> None:
+    """The watchdog armed by one exchange serves the next: a late second reply still
+    times out a full window after that reply went quiet, and a slow-but-steady one
+    (bytes every 0.1 s, longer than the window in all) does not."""
+    replies = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal replies
+        while True:
+            try:
+                await _read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            replies += 1
+            if replies == 2:  # trickle: 6 bytes, one every 0.1 s
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n")
+                for byte in b"steady":
+                    await asyncio.sleep(0.1)
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+            elif replies == 3:
+                await reader.read()  # never answer
+                return
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    origin = Origin.of(httpx.URL(await raw_server(handler)))
+    pool = HttpPool(timeout=0.25)
+    loop = asyncio.get_running_loop()
+    assert (await pool.request(origin, b"GET / HTTP/1.1\r\n\r\n")).content == b"ok"
+    await asyncio.sleep(pause)  # 0.3: the first watchdog fires while idle and stops
+    assert (await pool.request(origin, b"GET / HTTP/1.1\r\n\r\n")).content == b"steady"
+    started = loop.time()
+    with pytest.raises(httpx.ReadTimeout):
+        await pool.request(origin, b"GET / HTTP/1.1\r\n\r\n")
+    assert 0.2 <= loop.time() - started < 1.5
+    await pool.aclose()
+
+
 async def test_refused_connection_raises_connect_error() -> None:
     with socket.socket() as unused:  # bound but not listening: connections are refused
         unused.bind(("127.0.0.1", 0))
