@@ -212,9 +212,36 @@ def main() -> None:
         result = anyio.run(measure, lm, retriever, args)
     result["total_seconds"] = time.perf_counter() - t0
     result["machine"] = {"python": platform.python_version(), "cpus": _cpus()}
-    args.save.write_text(json.dumps(result, indent=2) + "\n")
-    print(table(result))
-    print(f"total {result['total_seconds']:.0f} s; raw figures in {args.save}")
+    saved = json.loads(args.save.read_text()) if args.save.exists() else {}
+    merged = merge(saved, result, "python " + " ".join(sys.argv))
+    args.save.write_text(json.dumps(merged, indent=2) + "\n")
+    print(table(merged))
+    print(f"this run: {result['total_seconds']:.0f} s; raw figures in {args.save}")
+
+
+def merge(saved: dict[str, Any], new: dict[str, Any], command: str) -> dict[str, Any]:
+    """``saved`` with the sides and DSPy stages this run measured replaced by ``new``'s.
+
+    Runs of one side or one DSPy optimizer add to the results file instead of
+    erasing the rest. Every row records the command line that produced it.
+    """
+    out = dict(saved)
+    out["machine"] = new["machine"]
+    if "rhizome" in new:
+        out["rhizome"] = [{**row, "command": command} for row in new["rhizome"]]
+    if "dspy" in new:
+        block = {k: v for k, v in new["dspy"].items() if k != "rows"}
+        fresh = {row["stage"]: {**row, "command": command} for row in new["dspy"]["rows"]}
+        fresh = {stage: row for stage, row in fresh.items() if not _not_run(row)}
+        kept = [r for r in (saved.get("dspy") or {}).get("rows", []) if r["stage"] not in fresh]
+        order = {"unoptimized": 0, "BootstrapFewShotWithRandomSearch": 1, "MIPROv2(light)": 2}
+        block["rows"] = sorted([*kept, *fresh.values()], key=lambda r: order.get(r["stage"], 9))
+        out["dspy"] = block
+    return out
+
+
+def _not_run(row: dict[str, Any]) -> bool:
+    return str(row.get("error", "")).startswith("not run")
 
 
 def _cpus() -> int:

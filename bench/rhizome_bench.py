@@ -18,11 +18,7 @@ import asyncio
 import json
 import statistics
 import sys
-from pathlib import Path
 from typing import Any
-
-# Import the working tree's rhizome whatever the installed copy says.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import MODEL, Clock, emit, measure, questions, rates, retrieve
 
