@@ -97,7 +97,7 @@ async def execute(
     Raises:
         NodeError: The first node that failed; the original error is its ``__cause__``.
     """
-    if _is_chain(plan):
+    if plan.is_chain:
         return await _execute_in_order(plan, inputs, prefix, entry_parents)
     async with anyio.create_task_group() as tg:
         run = _Run(
@@ -113,12 +113,6 @@ async def execute(
     if run.error is not None:
         raise run.error
     return _graph_outputs(run)
-
-
-def _is_chain(plan: Plan) -> bool:
-    """True when no two nodes could ever run at once: each waits for the one before it."""
-    order = plan.order
-    return all(order[i - 1] in plan.nodes[order[i]].preds for i in range(1, len(order)))
 
 
 async def _execute_in_order(
@@ -194,6 +188,9 @@ def _active_sources(run: _Run, plan: NodePlan) -> dict[str, bool]:
 
 def _gather(run: _Run, plan: NodePlan) -> tuple[dict[str, Any], list[str]] | None:
     """The node's inputs and parents, or None when the node is skipped."""
+    if not plan.conditions and not plan.feeds:  # fed by graph inputs alone: nothing to decide
+        given = {f: run.inputs[f] for f in plan.from_graph if f in run.inputs}
+        return given, list(dict.fromkeys(run.entry_parents))
     active = _active_sources(run, plan)
     routed = [src for src, when in plan.conditions.items() if when is not None]
     if routed and not any(active[src] for src in routed):
@@ -256,7 +253,7 @@ def _check_outputs(plan: NodePlan, outputs: Any) -> dict[str, Any]:
     node producing an output) may leave outputs out; consumers are then skipped.
     """
     declared = plan.node.outputs
-    if not isinstance(outputs, Mapping):
+    if type(outputs) is not dict and not isinstance(outputs, Mapping):
         raise TypeError(
             f"forward() returned {type(outputs).__name__}; it must return a dict with the "
             f"outputs: {', '.join(declared)}"

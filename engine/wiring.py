@@ -10,6 +10,7 @@ plan without re-checking anything.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +68,12 @@ class Plan:
     optional_inputs: frozenset[str]
     outputs: dict[str, Field]
     output_sources: dict[str, tuple[Source, ...]]
+
+    @functools.cached_property
+    def is_chain(self) -> bool:
+        """True when no two nodes could ever run at once: each waits for the one before it."""
+        order = self.order
+        return all(order[i - 1] in self.nodes[order[i]].preds for i in range(1, len(order)))
 
 
 def optional_inputs(node: Node) -> frozenset[str]:
