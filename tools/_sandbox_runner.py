@@ -5,7 +5,8 @@ stdin and a fresh temporary directory as the working directory. It uses the
 standard library only (``-I`` puts neither rhizome nor the script's folder on
 ``sys.path``). In order, it:
 
-1. reads the code from stdin and points fd 0 at ``/dev/null``;
+1. reads the code from stdin and points fd 0 at ``/dev/null``, and asks the kernel
+   to kill it (and, through the PID namespace, the code) if its parent dies;
 2. enters new user, network and PID namespaces when the kernel allows it (then the
    code runs in a grandchild that cannot see, signal or connect to anything outside);
 3. sets resource limits (CPU, address space, file size, open files, no core dumps);
@@ -40,6 +41,7 @@ MEMORY_EXIT = 75  # exit status for "the memory limit was hit" (kept in step wit
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _DEVICES = frozenset({"/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"})
@@ -98,13 +100,17 @@ def main() -> None:
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
+    libc = _libc()
+    _die_with(libc, int(config.get("parent_pid") or 0))  # no orphan if rhizome is killed
     isolation = ["process"]
     if config.get("namespaces", True):
-        isolation += _enter_namespaces()
+        isolation += _enter_namespaces(libc)
     _set_limits(config)
     isolation.append("rlimits")
     if "pid-namespace" in isolation:
-        _fork_into_namespace()  # returns only in the grandchild that runs the code
+        _fork_into_namespace(libc)  # returns only in the grandchild that runs the code
+    del libc
+    _forget_ctypes()
     workdir = os.path.realpath(os.getcwd())
     _stub_process_spawning()
     _disarm_unaudited()
@@ -115,25 +121,50 @@ def main() -> None:
     _run(code)
 
 
-def _enter_namespaces() -> list[str]:
-    """Unshare user+net+pid namespaces, or a net namespace alone; report what worked."""
-    uid, gid = os.geteuid(), os.getegid()
+def _libc() -> Any:
+    """The C library through ctypes (None without it); dropped before the code runs."""
     try:
         import ctypes
 
-        unshare = ctypes.CDLL(None, use_errno=True).unshare
-        if unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWPID) == 0:
+        return ctypes.CDLL(None, use_errno=True)
+    except (ImportError, OSError):
+        return None
+
+
+def _forget_ctypes() -> None:
+    """Unload ctypes from ``sys.modules``: the code must import it afresh (the hook refuses)."""
+    for name in [m for m in sys.modules if m == "ctypes" or m.startswith("ctypes.")]:
+        del sys.modules[name]
+    sys.modules.pop("_ctypes", None)
+
+
+def _die_with(libc: Any, parent: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux ``PR_SET_PDEATHSIG``).
+
+    Without it, killing rhizome with SIGKILL would leave the code running until
+    its CPU limit (the wall-time limit is enforced by the parent). ``parent`` is
+    the pid this process was started by: if it is already gone, exit now.
+    """
+    try:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except AttributeError:
+        return  # no ctypes, or no prctl() in this C library
+    if parent and os.getppid() != parent:
+        os._exit(1)
+
+
+def _enter_namespaces(libc: Any) -> list[str]:
+    """Unshare user+net+pid namespaces, or a net namespace alone; report what worked."""
+    uid, gid = os.geteuid(), os.getegid()
+    try:
+        if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWPID) == 0:
             _write_id_maps(uid, gid)
             return ["user-namespace", "network-namespace", "pid-namespace"]
-        if unshare(CLONE_NEWNET) == 0:
+        if libc.unshare(CLONE_NEWNET) == 0:
             return ["network-namespace"]
         return []
-    except (ImportError, OSError, AttributeError):
+    except (OSError, AttributeError):
         return []  # no ctypes, or no unshare() in this C library
-    finally:
-        for name in [m for m in sys.modules if m == "ctypes" or m.startswith("ctypes.")]:
-            del sys.modules[name]
-        sys.modules.pop("_ctypes", None)
 
 
 def _write_id_maps(uid: int, gid: int) -> None:
@@ -165,7 +196,7 @@ def _set_limits(config: dict[str, Any]) -> None:
             resource.setrlimit(getattr(resource, name), (value, value))
 
 
-def _fork_into_namespace() -> None:
+def _fork_into_namespace(libc: Any) -> None:
     """Become pid 1 of the new PID namespace, then fork the process that runs the code.
 
     Pid 1 ignores signals it has no handler for, so the code runs in its child
@@ -177,6 +208,10 @@ def _fork_into_namespace() -> None:
     if init:
         os.close(write_end)
         _relay(init, read_end)
+    # The death signal is not inherited: pid 1 dies with the outer process, and when
+    # pid 1 dies the kernel kills everything else in the namespace. (Its parent is
+    # outside the namespace, so getppid() says 0 here: there is no pid to check.)
+    _die_with(libc, 0)
     os.close(read_end)
     worker = os.fork()
     if worker == 0:

@@ -18,7 +18,8 @@ boundary strong enough for a determined attacker with native-code exploits.
 Enforced by the operating system (hold whatever the code does):
 
 - a separate process in its own session; on the wall-time limit the parent kills the
-  whole process group;
+  whole process group; if the parent itself is killed (even with SIGKILL), the kernel
+  kills the child (``PR_SET_PDEATHSIG``) and, with a PID namespace, all it started;
 - ``RLIMIT_CPU`` (SIGXCPU at the limit, SIGKILL a second later), ``RLIMIT_AS``
   (allocations fail: ``MemoryError``), ``RLIMIT_FSIZE`` (no file above the cap),
   ``RLIMIT_NOFILE``, no core dumps; ``RLIMIT_NPROC`` only if ``max_processes`` is set
@@ -198,6 +199,7 @@ class PythonSandbox:
             "open_files": self.max_open_files,
             "processes": self.max_processes,
             "namespaces": self.namespaces,
+            "parent_pid": os.getpid(),
         }
         python = self.python or sys.executable
         return [python, "-I", "-B", "-u", "-X", "utf8", str(_RUNNER), json.dumps(config)]

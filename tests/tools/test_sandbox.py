@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dis
 import os
+import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -297,3 +300,87 @@ def test_hook_functions_read_no_globals() -> None:
             if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME", "LOAD_DEREF")
         ]
         assert globals_read == [], (function.__name__, globals_read)
+
+
+_PARENT_SCRIPT = """
+import anyio
+from rhizome.tools.sandbox import PythonSandbox
+
+sandbox = PythonSandbox(wall_time=120, cpu_time=60, namespaces={namespaces})
+anyio.run(sandbox.run, "open('running', 'w').close()\\nimport time\\ntime.sleep(120)")
+"""
+
+
+def _descendants(root: int) -> set[int]:
+    """Live (non-zombie) processes below ``root``, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("namespaces", [True, False], ids=["namespaces", "hook-only"])
+def test_sandboxed_code_dies_with_a_killed_parent(namespaces: bool) -> None:
+    """SIGKILL the process that started the sandbox: the code must not keep running.
+
+    The parent can run no clean-up, and the wall-time limit is the parent's job,
+    so only the kernel (PR_SET_PDEATHSIG, PID namespace teardown) can stop it.
+    """
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT_SCRIPT.format(namespaces=namespaces)])
+    workdir = None
+    try:
+        deadline = time.monotonic() + 30
+        while (workdir := _code_workdir(parent.pid)) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert workdir is not None
+        sandboxed = _descendants(parent.pid)
+        assert len(sandboxed) == (3 if namespaces and "pid-namespace" in _isolation() else 1)
+        parent.kill()
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(map(_alive, sandboxed)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(map(_alive, sandboxed))
+    finally:
+        parent.kill()
+        parent.wait(timeout=10)
+        if workdir is not None:  # the killed parent could not remove it
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _code_workdir(parent: int) -> Path | None:
+    """The sandbox's directory once the code has written ``running`` in it, else None."""
+    for pid in _descendants(parent):
+        try:
+            workdir = Path(f"/proc/{pid}/cwd").resolve(strict=True)
+        except OSError:
+            continue
+        if (workdir / "running").exists():
+            return workdir
+    return None
+
+
+def _isolation() -> tuple[str, ...]:
+    """What isolation the sandbox reaches on this machine (namespaces may be refused)."""
+    result = anyio.run(FAST.run, "pass")
+    return result.isolation
