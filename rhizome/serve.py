@@ -9,7 +9,8 @@ Endpoints (``rhizome serve PROGRAM`` starts them):
 - ``GET /healthz`` — liveness, never behind auth.
 - ``GET /metrics`` — Prometheus text (requests, latency, runs, LM calls, tokens, errors).
 - ``GET /docs`` and ``/openapi.json`` — the API, with request bodies typed by the
-  program's signature.
+  program's signature; ``/docs`` is one self-contained page (no CDN, works
+  offline) with a form per endpoint.
 
 Inputs are validated against the graph's inputs (unknown fields too): a bad
 body is a 422 whose message names the field. A bearer token, when set, guards
@@ -23,6 +24,8 @@ flight (up to ``graceful_timeout`` seconds) before exiting.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.resources
 import json
 import math
 import time
@@ -35,7 +38,7 @@ import pydantic
 from anyio.streams.memory import MemoryObjectSendStream
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from rhizome.engine.errors import (
@@ -180,9 +183,15 @@ def create_app(
         title=f"rhizome: {graph.name}",
         description=f"Runs the rhizome program {graph.name!r}.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load their scripts from a CDN: ours is self-contained
+        redoc_url=None,
     )
     app.state.runner = runner
     _add_routes(app, runner, predict_model, batch_model)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(_docs_page())
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -321,3 +330,9 @@ def run_server(
         ws="none",
     )
     uvicorn.Server(config).run()
+
+
+@functools.cache
+def _docs_page() -> str:
+    """The /docs page: the API's own openapi.json as forms, with no script from elsewhere."""
+    return importlib.resources.files("rhizome").joinpath("docs.html").read_text("utf-8")

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from rhizome.serve_metrics import ServeMetrics
 
 ROUTES = frozenset({"/v1/predict", "/v1/batch", "/healthz", "/metrics", "/docs", "/openapi.json"})
-OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+OPEN_PATHS = frozenset({"/healthz", "/docs", "/openapi.json"})
 _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 
@@ -59,6 +60,17 @@ def test_metrics_need_the_token_but_health_and_docs_do_not(api: Served) -> None:
     inputs = schema["components"]["schemas"]["QaInputs"]
     assert inputs["required"] == ["question"]
     assert "/v1/batch" in schema["paths"]
+
+
+def test_docs_page_is_self_contained(api: Served) -> None:
+    """/docs works offline: no script, style or font from another host, only openapi.json."""
+    reply = httpx.get(f"{api.url}/docs")
+    assert reply.status_code == 200
+    assert reply.headers["content-type"].startswith("text/html")
+    page = reply.text
+    assert "/openapi.json" in page
+    assert re.findall(r"(?:src|href)\s*=|@import|https?://", page) == []
+    assert httpx.get(f"{api.url}/redoc", headers=AUTH).status_code == 404
 
 
 def test_missing_field_is_422_naming_it(api: Served, server: OpenAIServer) -> None:
