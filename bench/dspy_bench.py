@@ -34,10 +34,12 @@ class Pipeline(dspy.Module):  # type: ignore[misc]
         self.answer = dspy.Predict("question, passages: list[str] -> answer")
 
     def forward(self, question: str) -> Any:
+        """Query writer, Python retrieval, answerer (the threaded path)."""
         query = self.write_query(question=question).query
         return self.answer(question=question, passages=retrieve(query))
 
     async def aforward(self, question: str) -> Any:
+        """The same three steps through ``acall`` (the asyncio path)."""
         query = (await self.write_query.acall(question=question)).query
         return await self.answer.acall(question=question, passages=retrieve(query))
 

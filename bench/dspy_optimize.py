@@ -1,10 +1,10 @@
-"""DSPy's optimizers on rhizome's demo task: LM calls, wall time and dev score.
+r"""DSPy's optimizers on rhizome's demo task: LM calls, wall time and dev score.
 
 Runs in the DSPy venv (never imports rhizome); ``bench/optimizer_cost.py``
 starts it as a subprocess::
 
-    bench/.venv-dspy/bin/python bench/dspy_optimize.py --lm-url URL/v1 --model NAME \\
-        --tools-url URL --data data.json --out DIR [--threads 4] \\
+    bench/.venv-dspy/bin/python bench/dspy_optimize.py --lm-url URL/v1 --model NAME \
+        --tools-url URL --data data.json --out DIR [--threads 4] \
         [--optimizers bfrs,mipro] [--candidates 4] [--minibatch 10] [--seed 0] [--max-tokens N]
 
 The program mirrors rhizome's demo graph: retrieve (k=2) on the question, a
@@ -218,7 +218,7 @@ class Tools:
         return [str(p) for p in found["passages"]]
 
     def metric(self, example: Any, pred: Any, trace: Any = None) -> bool:
-        """rhizome's exact match of ``pred.answer`` against the example's gold answer."""
+        """Rhizome's exact match of ``pred.answer`` against the example's gold answer."""
         answer = getattr(pred, "answer", None)
         if not answer:
             return False

@@ -50,6 +50,7 @@ def _memory_kib(pid: int) -> dict[str, int]:
 
 
 def main() -> None:
+    """Command line entry (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--parallel", type=int, default=4)

@@ -49,9 +49,11 @@ class Bench:
 
     @property
     def url(self) -> str:
+        """The mock server's OpenAI base URL."""
         return self.base + "/v1"
 
     def start_server(self) -> None:
+        """Start the mock server (pinned to the last CPU when pinning) and read its port."""
         cmd = [PY, str(HERE / "mock_server.py")]
         if self.pin and len(self.cpus) > 1:
             cmd += ["--cpu", str(self.cpus[-1])]
@@ -63,6 +65,7 @@ class Bench:
         self.base = f"http://127.0.0.1:{int(line.split()[1])}"
 
     def stop_server(self) -> None:
+        """Stop the mock server if it runs."""
         if self.server is not None:
             self.server.terminate()
             self.server.wait(10)

@@ -22,7 +22,14 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import anyio
@@ -122,7 +129,7 @@ async def stream_batch(
     lm: LM | None = None,
     progress: bool | None = None,
     run_dir: RunDir = None,
-) -> AsyncIterator[BatchResult]:
+) -> AsyncGenerator[BatchResult, None]:
     """Like :func:`run_batch`, yielding each result as soon as it is finished.
 
     With ``run_dir``, the results already recorded there come first.

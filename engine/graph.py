@@ -22,7 +22,7 @@ import concurrent.futures
 import contextvars
 import copy
 import functools
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
@@ -221,7 +221,7 @@ class Graph(Node):
         return [(a, b, list(d["mappings"]), d["when"]) for a, b, d in self._g.edges(data=True)]
 
     @property
-    def inputs(self) -> dict[str, Field]:
+    def inputs(self) -> Mapping[str, Field]:
         """The graph inputs by name (declared or inferred)."""
         return dict(self._validated().inputs)
 
@@ -231,7 +231,7 @@ class Graph(Node):
         return self._validated().optional_inputs
 
     @property
-    def outputs(self) -> dict[str, Field]:
+    def outputs(self) -> Mapping[str, Field]:
         """The graph outputs by name (declared or inferred from sink nodes)."""
         return dict(self._validated().outputs)
 
@@ -308,7 +308,7 @@ class Graph(Node):
         lm: LM | None = None,
         progress: bool | None = None,
         run_dir: str | Path | None = None,
-    ) -> AsyncIterator[BatchResult]:
+    ) -> AsyncGenerator[BatchResult, None]:
         """Like :meth:`batch`, yielding each result as it finishes.
 
         With ``run_dir``, results already journaled there come first. See

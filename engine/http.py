@@ -132,7 +132,7 @@ class _Connection(asyncio.Protocol):
         """Send ``data`` (a whole request) and wait for the whole reply."""
         if self.transport is None or self.closed:
             raise _Stale()
-        waiter = self.loop.create_future()
+        waiter: asyncio.Future[RawResponse] = self.loop.create_future()
         self.waiter, self.got_data, self.eof, self.head = waiter, False, False, None
         self.buffer.clear()
         self.last_data = self.loop.time()

@@ -9,7 +9,7 @@ optimizers find every tunable slot (instruction, demos, temperature, LM).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 if TYPE_CHECKING:
@@ -38,12 +38,12 @@ class Node:
         self.timeout = timeout
 
     @property
-    def inputs(self) -> dict[str, Field]:
+    def inputs(self) -> Mapping[str, Field]:
         """Input fields by name."""
         raise NotImplementedError
 
     @property
-    def outputs(self) -> dict[str, Field]:
+    def outputs(self) -> Mapping[str, Field]:
         """Output fields by name."""
         raise NotImplementedError
 

@@ -79,7 +79,7 @@ def backoff_wait(
     """Seconds to wait before retry number ``attempts``: ``Retry-After``, else jittered backoff."""
     if retry_after is not None:
         return min(retry_after, max_wait)
-    base = min(max_wait, backoff * 2 ** (attempts - 1))
+    base = min(max_wait, backoff * 2.0 ** (attempts - 1))
     return base * (0.5 + 0.5 * random.random())
 
 

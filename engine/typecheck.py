@@ -46,7 +46,7 @@ def _is_model(annotation: Any) -> bool:
 
 
 def _kind(annotation: Any) -> str | None:
-    """scalar / sequence / mapping / model, or None when unknown."""
+    """Scalar / sequence / mapping / model, or None when unknown."""
     origin = typing.get_origin(annotation) or annotation
     if origin is Literal:
         return "scalar"

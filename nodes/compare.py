@@ -93,12 +93,12 @@ class MultiChainComparison(Node):
         )
 
     @property
-    def inputs(self) -> dict[str, Field]:
+    def inputs(self) -> Mapping[str, Field]:
         """The task's inputs."""
         return self._base.inputs
 
     @property
-    def outputs(self) -> dict[str, Field]:
+    def outputs(self) -> Mapping[str, Field]:
         """``rationale`` then the task's outputs."""
         return self.compare.signature.outputs
 

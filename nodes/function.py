@@ -74,12 +74,12 @@ class FunctionNode(Node):
         self._unpack_model = outputs is None
 
     @property
-    def inputs(self) -> dict[str, Field]:
+    def inputs(self) -> Mapping[str, Field]:
         """Input fields by name."""
         return dict(self._inputs)
 
     @property
-    def outputs(self) -> dict[str, Field]:
+    def outputs(self) -> Mapping[str, Field]:
         """Output fields by name."""
         return dict(self._outputs)
 

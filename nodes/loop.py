@@ -107,7 +107,7 @@ class Loop(Node):
                 )
 
     @property
-    def inputs(self) -> dict[str, Field]:
+    def inputs(self) -> Mapping[str, Field]:
         """The body's inputs (those fed by ``accumulate`` are optional)."""
         return self.body.inputs
 
@@ -117,7 +117,7 @@ class Loop(Node):
         return frozenset(self.accumulate.values()) | self.body.optional_inputs
 
     @property
-    def outputs(self) -> dict[str, Field]:
+    def outputs(self) -> Mapping[str, Field]:
         """The body's outputs plus one list output per accumulated input."""
         fields = dict(self.body.outputs)
         for dst in self.accumulate.values():

@@ -7,6 +7,7 @@ which stays in the node's outputs so traces and demos keep it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from rhizome.engine.errors import SignatureError
@@ -75,12 +76,12 @@ class Predict(Node):
         return self.predictor.signature
 
     @property
-    def inputs(self) -> dict[str, Field]:
+    def inputs(self) -> Mapping[str, Field]:
         """The signature's input fields."""
         return self.predictor.signature.inputs
 
     @property
-    def outputs(self) -> dict[str, Field]:
+    def outputs(self) -> Mapping[str, Field]:
         """The signature's output fields."""
         return self.predictor.signature.outputs
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from rhizome.engine.errors import ConfigError, ParseError, RhizomeError
@@ -125,12 +126,12 @@ class ProgramOfThought(Node):
         )
 
     @property
-    def inputs(self) -> dict[str, Field]:
+    def inputs(self) -> Mapping[str, Field]:
         """The task's inputs."""
         return self._base.inputs
 
     @property
-    def outputs(self) -> dict[str, Field]:
+    def outputs(self) -> Mapping[str, Field]:
         """The task's outputs plus ``code``."""
         return {**self._base.outputs, CODE: Field(CODE, str, "the program that ran", False)}
 

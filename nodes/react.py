@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from rhizome.engine.adapters import default_adapter, outputs_schema
@@ -141,7 +141,7 @@ class ReAct(Node):
             Field("thought", str, "reason about what to do next", is_input=False),
             Field(
                 "tool_name",
-                Literal[names],  # type: ignore[valid-type]
+                Literal[names],
                 f"the tool to call next, or {FINISH!r} when the outputs are known",
                 is_input=False,
             ),
@@ -168,12 +168,12 @@ class ReAct(Node):
         return "\n".join(lines)
 
     @property
-    def inputs(self) -> dict[str, Field]:
+    def inputs(self) -> Mapping[str, Field]:
         """The task's inputs."""
         return self._base.inputs
 
     @property
-    def outputs(self) -> dict[str, Field]:
+    def outputs(self) -> Mapping[str, Field]:
         """The task's outputs plus ``trajectory``."""
         return {
             **self._base.outputs,

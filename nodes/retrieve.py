@@ -9,6 +9,7 @@ written to the node's trace record when the record has a ``details`` dict.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import anyio
@@ -87,7 +88,7 @@ class Retrieve(Node):
             raise ConfigError(f"Retrieve field names must differ; got {', '.join(names)}")
 
     @property
-    def inputs(self) -> dict[str, Field]:
+    def inputs(self) -> Mapping[str, Field]:
         """The query (or queries) input and, if set, the exclude input."""
         fields = {
             self._query: Field(
@@ -106,7 +107,7 @@ class Retrieve(Node):
         return frozenset({self._exclude} if self._exclude is not None else ())
 
     @property
-    def outputs(self) -> dict[str, Field]:
+    def outputs(self) -> Mapping[str, Field]:
         """The passage texts and, if set, their ids."""
         fields = {self._output: Field(self._output, list[str], "retrieved passages", False)}
         if self._ids_output is not None:

@@ -16,7 +16,7 @@ everything that needs only their outputs.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio.to_thread
@@ -122,15 +122,15 @@ class Router(Node):
             )
 
     def _route_type(self) -> Any:
-        return Literal[tuple(self.routes)]  # type: ignore[valid-type]
+        return Literal[tuple(self.routes)]
 
     @property
-    def inputs(self) -> dict[str, Field]:
+    def inputs(self) -> Mapping[str, Field]:
         """The fields the decision reads."""
         return dict(self._inputs)
 
     @property
-    def outputs(self) -> dict[str, Field]:
+    def outputs(self) -> Mapping[str, Field]:
         """``route`` (and any other outputs of an LM router's signature)."""
         return dict(self._outputs)
 

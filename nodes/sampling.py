@@ -64,14 +64,14 @@ class _Wrapped(Node):
             )
 
     @property
-    def inputs(self) -> dict[str, Field]:
+    def inputs(self) -> Mapping[str, Field]:
         """The wrapped step's inputs."""
         if self.node is not None:
             return self.node.inputs
         return self._own().signature.inputs
 
     @property
-    def outputs(self) -> dict[str, Field]:
+    def outputs(self) -> Mapping[str, Field]:
         """The wrapped step's outputs."""
         if self.node is not None:
             return self.node.outputs

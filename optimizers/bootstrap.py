@@ -163,7 +163,7 @@ class BootstrapFewShot:
         for index, result in zip(chunk, batch, strict=True):
             if self._full(demos):
                 break
-            if await self._keep(examples[index], result):
+            if await self._keep(examples[index], result) and result.trace is not None:
                 used.add(index)
                 self.report.kept_indices.append(index)
                 for path, found in demos_from_trace(result.trace, paths).items():

@@ -53,12 +53,12 @@ class _Member(Node):
         self.program = program
 
     @property
-    def inputs(self) -> dict[str, Field]:
+    def inputs(self) -> Mapping[str, Field]:
         """The program's inputs."""
         return self.program.inputs
 
     @property
-    def outputs(self) -> dict[str, Field]:
+    def outputs(self) -> Mapping[str, Field]:
         """The program's outputs."""
         return self.program.outputs
 
@@ -100,7 +100,7 @@ class _Combine(Node):
         self.normalize = normalize
 
     @property
-    def inputs(self) -> dict[str, Field]:
+    def inputs(self) -> Mapping[str, Field]:
         """``p<i>_<field>`` for every member and field."""
         return {
             f"p{i}_{name}": Field(f"p{i}_{name}", f.annotation, f.desc, True)
@@ -114,7 +114,7 @@ class _Combine(Node):
         return frozenset(self.inputs)
 
     @property
-    def outputs(self) -> dict[str, Field]:
+    def outputs(self) -> Mapping[str, Field]:
         """The combined fields."""
         return dict(self.fields)
 

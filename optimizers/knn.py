@@ -92,7 +92,7 @@ class DemoSelector:
         if text in self._cache:
             self._cache.move_to_end(text)
             return self._cache[text]
-        (vector,) = await embed_texts(self.embedder, [text])
+        vector: np.ndarray = (await embed_texts(self.embedder, [text]))[0]
         self._cache[text] = vector
         if len(self._cache) > QUERY_CACHE:
             self._cache.popitem(last=False)
@@ -171,7 +171,7 @@ class KNNFewShot:
             keys = self._keys(path, predictor, pool)
             vectors = await embed_texts(self.embedder, [demo_text(d, keys) for d in pool])
             predictor.demos = []
-            predictor.demo_selector = DemoSelector(  # type: ignore[attr-defined]
+            predictor.demo_selector = DemoSelector(
                 pool,
                 keys=keys,
                 k=self.k,

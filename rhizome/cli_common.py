@@ -35,7 +35,10 @@ LM_HINT = (
 METRICS = ("exact_match", "token_f1", "numeric_match", "answer_in_passages")
 
 # Shorthands every command module uses to register its sub-parsers.
-Sub = argparse._SubParsersAction  # type: ignore[type-arg]
+if TYPE_CHECKING:
+    Sub = argparse._SubParsersAction[Any]
+else:  # the class takes no type arguments at run time on Python 3.11
+    Sub = argparse._SubParsersAction
 RAW = argparse.RawDescriptionHelpFormatter
 
 

@@ -138,4 +138,5 @@ def _sigterm_is_a_clean_exit() -> Iterator[None]:
 
 def _source(args: argparse.Namespace) -> str:
     params: Path | None = args.params
-    return args.program + (f" with {params}" if params else "")
+    program: str = args.program
+    return program + (f" with {params}" if params else "")

@@ -195,7 +195,9 @@ def trial_points(path: Path) -> tuple[list[TrialPoint], str]:
     The unit is ``"cost"`` when any trial was priced, else ``"tokens"``.
     """
     rows = [r for r in read_jsonl(path / "trials.jsonl") if _number(r.get("score")) is not None]
-    usages = [r.get("usage") if isinstance(r.get("usage"), Mapping) else r for r in rows]
+    usages: list[Mapping[str, Any]] = [
+        u if isinstance(u := r.get("usage"), Mapping) else r for r in rows
+    ]
     unit = "cost" if any(float(u.get("cost", 0.0) or 0.0) > 0 for u in usages) else "tokens"
     points = []
     for x, (row, usage) in enumerate(zip(rows, usages, strict=True)):

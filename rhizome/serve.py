@@ -29,9 +29,9 @@ import importlib.resources
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import pydantic
@@ -63,6 +63,8 @@ from rhizome.telemetry import Telemetry
 if TYPE_CHECKING:
     from rhizome.engine.graph import Graph
     from rhizome.engine.lm import LM
+
+_Handler = TypeVar("_Handler", bound=Callable[..., Awaitable[Any]])
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -206,14 +208,14 @@ def create_app(
     return app
 
 
-def _body_type(model: Any) -> Any:
+def _body_type(model: Any) -> Callable[[_Handler], _Handler]:
     """Give a handler's ``body`` parameter a model built at run time.
 
     With postponed annotations FastAPI would read ``body: model`` as a string it
     cannot resolve, so the annotation is set on the function object instead.
     """
 
-    def mark(fn: Any) -> Any:
+    def mark(fn: _Handler) -> _Handler:
         fn.__annotations__["body"] = model
         return fn
 

@@ -47,6 +47,7 @@ class MetricsMiddleware:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry: count and time each HTTP request."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -77,6 +78,7 @@ class AuthMiddleware:
         self._open = frozenset(open_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry: refuse requests without the bearer token (open paths excepted)."""
         if scope["type"] != "http" or scope["path"] in self._open:
             await self.app(scope, receive, send)
             return
@@ -103,6 +105,7 @@ class BodyLimitMiddleware:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry: refuse bodies over the size limit with 413."""
         if scope["type"] != "http" or scope["method"] in _BODYLESS:
             await self.app(scope, receive, send)
             return

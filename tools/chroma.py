@@ -351,4 +351,4 @@ class ChromaRetriever:
 
 
 # chromadb rebuilds embedding functions saved with a collection by name.
-register_embedding_function(ExternalEmbedding)
+register_embedding_function(ExternalEmbedding)  # type: ignore[no-untyped-call]

@@ -330,5 +330,5 @@ class HashEmbedder(EmbeddingFunction[Documents]):
 
 
 # chromadb rebuilds embedding functions saved with a collection by name.
-register_embedding_function(MiniLMEmbedder)
-register_embedding_function(HashEmbedder)
+register_embedding_function(MiniLMEmbedder)  # type: ignore[no-untyped-call]
+register_embedding_function(HashEmbedder)  # type: ignore[no-untyped-call]

@@ -1,11 +1,11 @@
-"""Run untrusted Python code in a separate, limited process.
+r"""Run untrusted Python code in a separate, limited process.
 
 :class:`PythonSandbox` runs code with ``python -I`` (isolated mode) in a fresh
 temporary directory, with a minimal environment, and kills it when limits are hit::
 
     sandbox = PythonSandbox(wall_time=5, cpu_time=2, memory_mb=128)
     result = await sandbox.run("print(sum(range(10)))")
-    result.stdout            # "45\\n"
+    result.stdout            # "45\n"
 
 :data:`python_sandbox` is the same as a tool an agent can call.
 

@@ -7,7 +7,7 @@ called with the arguments an LM sent (a dict, or the JSON text of a tool call)::
     def add(a: int, b: int = 0) -> int:
         \"\"\"Add two whole numbers.
 
-        Args:
+Args:
             a: The first number.
             b: The second number.
         \"\"\"
@@ -303,7 +303,9 @@ class FunctionTool(Tool):
 
 
 @overload
-def tool(fn: Callable[..., Any], /) -> FunctionTool: ...
+def tool(
+    fn: Callable[..., Any], /, *, name: str | None = None, description: str | None = None
+) -> FunctionTool: ...
 
 
 @overload

@@ -57,6 +57,7 @@ def generate(seed: int) -> dict[str, list[dict[str, Any]]]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command line entry (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default_out = Path(__file__).resolve().parent / "data"
     parser.add_argument("--out", type=Path, default=default_out)

@@ -63,6 +63,7 @@ class Names:
         self.used: set[str] = set()
 
     def stem(self) -> str:
+        """A new pronounceable name stem, never handed out before."""
         while True:
             parts = [self.rng.choice(p) for p in (_ONSETS, _VOWELS, _CODAS, _TAILS)]
             stem = "".join(parts)
@@ -71,6 +72,7 @@ class Names:
                 return stem
 
     def with_suffix(self, kind: str) -> str:
+        """A new name ending in one of the suffixes of ``kind`` (town, river, ...)."""
         return self.stem() + self.rng.choice(_SUFFIX[kind])
 
 
@@ -87,6 +89,7 @@ class World:
 
 
 def build_world(rng: random.Random) -> World:
+    """Invent the countries, towns, people and their links, all from ``rng``."""
     names = Names(rng)
     countries: list[dict[str, Any]] = [
         {"name": names.with_suffix("country")} for _ in range(COUNTS["country"])
@@ -240,6 +243,7 @@ def check(corpus: list[dict[str, str]], items: list[dict[str, Any]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command line entry (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default_out = Path(__file__).resolve().parent / "data"
     parser.add_argument("--out", type=Path, default=default_out)
