@@ -17,6 +17,7 @@ import functools
 import inspect
 import typing
 from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import anyio
@@ -76,12 +77,12 @@ class FunctionNode(Node):
     @property
     def inputs(self) -> Mapping[str, Field]:
         """Input fields by name."""
-        return dict(self._inputs)
+        return MappingProxyType(self._inputs)
 
     @property
     def outputs(self) -> Mapping[str, Field]:
         """Output fields by name."""
-        return dict(self._outputs)
+        return MappingProxyType(self._outputs)
 
     async def forward(self, **inputs: Any) -> dict[str, Any]:
         """Call the function (in a worker thread if it is sync) and map its result to outputs."""

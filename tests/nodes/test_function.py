@@ -44,6 +44,16 @@ def test_single_output_takes_the_return_annotation() -> None:
     assert node.outputs["passages"].is_input is False
 
 
+def test_fields_are_read_only_views() -> None:
+    node = FunctionNode(search, outputs=["passages"])
+    with pytest.raises(TypeError):
+        node.inputs["extra"] = node.inputs["query"]  # type: ignore[index]
+    with pytest.raises(TypeError):
+        node.outputs["extra"] = node.outputs["passages"]  # type: ignore[index]
+    assert set(node.inputs) == {"query", "k"}
+    assert set(node.outputs) == {"passages"}
+
+
 def test_unannotated_parameters_are_any() -> None:
     node = FunctionNode(lambda a, b=1: a, outputs={"out": int})
     assert node.inputs["a"].annotation is Any
