@@ -66,23 +66,25 @@ class FunctionNode(Node):
         self.is_async = _is_async(fn)
         params = _parameters(fn, self.name)
         hints = _hints(fn)
-        self._inputs = _input_fields(self.name, params, hints, inputs)
+        self._inputs = MappingProxyType(_input_fields(self.name, params, hints, inputs))
         self.optional_inputs = frozenset(
             n for n, p in params.items() if p.default is not inspect.Parameter.empty
         ) & frozenset(self._inputs)
-        self._outputs = _output_fields(self.name, hints.get("return", Any), outputs)
+        self._outputs = MappingProxyType(
+            _output_fields(self.name, hints.get("return", Any), outputs)
+        )
         # Outputs read off a pydantic return model: unpack the model into them.
         self._unpack_model = outputs is None
 
     @property
     def inputs(self) -> Mapping[str, Field]:
         """Input fields by name."""
-        return MappingProxyType(self._inputs)
+        return self._inputs
 
     @property
     def outputs(self) -> Mapping[str, Field]:
         """Output fields by name."""
-        return MappingProxyType(self._outputs)
+        return self._outputs
 
     async def forward(self, **inputs: Any) -> dict[str, Any]:
         """Call the function (in a worker thread if it is sync) and map its result to outputs."""
