@@ -31,7 +31,6 @@ in :mod:`rhizome.engine.calling` and is re-exported here.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import json
@@ -51,6 +50,7 @@ from rhizome.engine.parsing import (
     parse_tagged,
 )
 from rhizome.engine.signature import Field, Signature
+from rhizome.engine.strict_schema import strict_schema
 from rhizome.engine.trace import jsonable
 
 if TYPE_CHECKING:
@@ -132,7 +132,8 @@ class _ChatAdapter:
         """Say what was wrong with the last reply and restate the reply format."""
         return (
             f"Your reply could not be used: {error}\n"
-            f"Answer again, following this format exactly.\n\n"
+            "Answer again, following this format exactly, and keep every field brief "
+            "(a few sentences at most) so the whole reply fits.\n\n"
             f"{reply_format(self, signature).rules}"
         )
 
@@ -220,9 +221,19 @@ class JSONAdapter(_ChatAdapter):
         return parse_json(signature.outputs, text)
 
 
-def default_adapter(lm: LM) -> Adapter:
-    """JSONAdapter for LMs that honour JSON schemas, else TextAdapter."""
-    return _JSON if lm.capabilities.json_schema else _TEXT
+def default_adapter(lm: LM, signature: Signature | None = None) -> Adapter:
+    """JSONAdapter for LMs that honour JSON schemas, else TextAdapter.
+
+    With ``signature``, an LM whose ``capabilities.json_max_outputs`` is below
+    the number of output fields gets TextAdapter for it.
+    """
+    caps = lm.capabilities
+    if not caps.json_schema:
+        return _TEXT
+    limit = caps.json_max_outputs
+    if signature is not None and limit is not None and len(signature.outputs) > limit:
+        return _TEXT
+    return _JSON
 
 
 _JSON, _TEXT = JSONAdapter(), TextAdapter()  # stateless: one of each serves every call
@@ -267,12 +278,18 @@ def outputs_schema(signature: Signature) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=512)
 def _json_response_format(signature: Signature) -> dict[str, Any]:
+    """The outputs' schema under strict mode's rules, or sent with ``strict: false``.
+
+    Properties keep the signature's order (``reasoning`` first), which servers that
+    decode with a grammar follow. See :mod:`rhizome.engine.strict_schema`.
+    """
+    schema, strict = strict_schema(outputs_schema(signature))
     return {
         "type": "json_schema",
         "json_schema": {
             "name": "_".join(signature.outputs)[:64],
-            "schema": copy.deepcopy(outputs_schema(signature)),
-            "strict": True,
+            "schema": schema,
+            "strict": strict,
         },
     }
 

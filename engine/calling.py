@@ -1,24 +1,32 @@
 """Running a predictor: the one place a predictor's LM call happens.
 
 :func:`run_predictor` renders the call with the predictor's adapter
-(:mod:`rhizome.engine.adapters`), sends it, parses the reply, makes one repair
-attempt when it does not parse, and logs an :class:`LMCall` into the current
-node record for every request.
+(:mod:`rhizome.engine.adapters`), sends it, parses the reply and logs an
+:class:`LMCall` into the current node record for every request. When the reply
+cannot be used it recovers in a fixed order, each step noted in the trace: a
+server refusing ``response_format`` gets the request without it (remembered
+per endpoint), a reply cut by the token limit is asked for again with a larger
+limit, a reply that does not parse gets one repair attempt, and a JSON reply
+without a schema behind it gets one last try in the tagged-text format.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
+import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from anyio.lowlevel import RunVar
 
 from rhizome.engine.context import resolve_lm, settings
-from rhizome.engine.errors import ParseError, SignatureError
-from rhizome.engine.lm import LM, Capabilities, LMRequest, LMResponse, Usage
+from rhizome.engine.errors import LMStatusError, ParseError, SignatureError
+from rhizome.engine.lm import LM, LMRequest, LMResponse, Usage
 from rhizome.engine.signature import Signature
 from rhizome.engine.trace import LMCall, current_record, log_call
 
@@ -27,49 +35,91 @@ if TYPE_CHECKING:
     from rhizome.engine.predictor import Predictor
 
 
+LENGTH_RETRY_FACTOR = 2
+"""A reply cut by its token limit is asked for once more with this many times the limit."""
+
+logger = logging.getLogger("rhizome.predictor")
+
+
 async def run_predictor(
     predictor: Predictor, inputs: Mapping[str, Any], n: int = 1
 ) -> list[dict[str, Any]]:
     """Make ``predictor``'s LM call for ``inputs`` and return the samples that parsed.
 
-    A reply that does not parse gets one repair attempt: the bad reply is sent
-    back with a message saying what was wrong. Every request is logged as an
-    :class:`LMCall` in the current node record (``attempt`` 0 or 1).
+    One logical call may take several requests, each logged as an
+    :class:`LMCall` (``attempt`` 0, 1, ...) with a ``note`` saying why:
+
+    1. The first request. A server that refuses ``response_format`` (HTTP 400 or
+       422) gets the same request without it: the prompt already asks for the
+       JSON object. The refusal is remembered per LM endpoint and logged once;
+       later calls send no schema there.
+    2. A reply cut by the token limit (``finish_reason="length"``) that does not
+       parse is asked for again once with ``LENGTH_RETRY_FACTOR`` times the limit
+       (at temperature 0 a repair would reproduce the same cut reply).
+    3. A reply that still does not parse gets one repair attempt: the bad reply is
+       sent back with a message saying what was wrong, asking for brevity.
+    4. When the JSON protocol went without a schema (the server has none) and the
+       repair failed too, one last request in the tagged-text protocol.
 
     Raises:
         SignatureError: An input field is missing.
         ConfigError: No LM is bound or set for the run.
-        ParseError: No sample parsed, even after the repair attempt.
+        ParseError: No sample parsed, after every attempt above.
         LMError: The LM could not answer.
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     call = _Call.start(predictor, inputs)
-    prompt = call.adapter.render(
-        predictor, call.inputs, demos=await _select_demos(predictor, call.inputs)
-    )
+    demos = await _select_demos(predictor, call.inputs)
+    prompt = call.adapter.render(predictor, call.inputs, demos=demos)
     request = LMRequest(
         messages=prompt.messages,
         temperature=predictor.temperature,
         max_tokens=predictor.max_tokens,
         n=n,
-        response_format=_response_format(prompt, call.lm.capabilities, predictor.signature),
+        response_format=_response_format(prompt, call.lm, predictor.signature),
     )
-    first = await call.attempt(request, attempt=0)
-    if not isinstance(first, ParseError):
-        return first
-    second = await call.attempt(call.repair_request(request, first), attempt=1)
-    if not isinstance(second, ParseError):
-        return second
+    outcome = await call.attempt(request)
+    if isinstance(outcome, _Failed) and outcome.cut:
+        longer = call.longer(request)
+        if longer is not None:
+            request = longer
+            note = (
+                "the reply was cut by the token limit; asked again with "
+                f"max_tokens={longer.max_tokens}"
+            )
+            outcome = await call.attempt(longer, note=note)
+    if isinstance(outcome, _Failed):
+        outcome = await call.attempt(call.repair_request(request, outcome.error), repair=True)
+    if isinstance(outcome, _Failed) and call.may_fall_back(request):
+        text = _text_adapter()
+        fallback = dataclasses.replace(
+            request,
+            messages=text.render(predictor, call.inputs, demos=demos).messages,
+            response_format=None,
+        )
+        note = "the JSON reply did not parse, even repaired; asked again in the tagged-text format"
+        outcome = await call.attempt(fallback, note=note, adapter=text)
+    if not isinstance(outcome, _Failed):
+        return outcome
+    error = outcome.error
     raise ParseError(
-        f"predictor {call.path!r}: the reply did not parse, even after one repair "
-        f"attempt: {second}",
-        raw=second.raw,
-        field=second.field,
-    ) from second
+        f"predictor {call.path!r}: the reply did not parse, even after a repair attempt "
+        f"({call.attempts} attempts): {error}",
+        raw=error.raw,
+        field=error.field,
+    ) from error
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@dataclasses.dataclass(frozen=True)
+class _Failed:
+    """No sample of one request parsed: the first error, and whether the limit cut it."""
+
+    error: ParseError
+    cut: bool
+
+
+@dataclasses.dataclass(kw_only=True)
 class _Call:
     """One logical predictor call: where it logs, which LM and adapter it uses."""
 
@@ -78,6 +128,7 @@ class _Call:
     inputs: dict[str, Any]
     lm: LM
     adapter: Adapter
+    attempts: int = 0
 
     @classmethod
     def start(cls, predictor: Predictor, inputs: Mapping[str, Any]) -> _Call:
@@ -89,8 +140,26 @@ class _Call:
             path = f"{record.node}.{role}" if role else record.node
         values = _checked_inputs(predictor.signature, inputs, path)
         lm = resolve_lm(predictor.lm, node=path)
-        adapter = predictor.adapter or _default_adapter(lm)
+        adapter = predictor.adapter or _default_adapter(lm, predictor.signature)
         return cls(predictor=predictor, path=path, inputs=values, lm=lm, adapter=adapter)
+
+    def longer(self, request: LMRequest) -> LMRequest | None:
+        """``request`` with ``LENGTH_RETRY_FACTOR`` times its token limit; None if unknown.
+
+        Where the request carries a JSON schema, its text fields get a
+        ``maxLength`` that fits the new limit, so a server that decodes with a
+        grammar must close them in time (a small model otherwise runs on inside
+        its reasoning string); strict mode has no length bounds, so that schema
+        goes with ``strict: false``.
+        """
+        limit = request.max_tokens or getattr(self.lm, "max_tokens", None)
+        if not isinstance(limit, int) or limit < 1:
+            return None
+        limit *= LENGTH_RETRY_FACTOR
+        response_format = _bounded(
+            _response_format_for(self.lm, request), self.predictor.signature, limit
+        )
+        return dataclasses.replace(request, max_tokens=limit, n=1, response_format=response_format)
 
     def repair_request(self, request: LMRequest, error: ParseError) -> LMRequest:
         """The follow-up request: the bad reply, then what was wrong with it."""
@@ -102,41 +171,75 @@ class _Call:
         )
         return dataclasses.replace(request, messages=messages, n=1)
 
+    def may_fall_back(self, request: LMRequest) -> bool:
+        """True when the tagged-text protocol is worth one last try.
+
+        Only for a JSON protocol the predictor did not choose itself, sent
+        without a schema the server would enforce.
+        """
+        return (
+            self.predictor.adapter is None
+            and _is_json(self.adapter)
+            and _response_format_for(self.lm, request) is None
+        )
+
     async def attempt(
-        self, request: LMRequest, *, attempt: int
-    ) -> list[dict[str, Any]] | ParseError:
+        self,
+        request: LMRequest,
+        *,
+        note: str = "",
+        repair: bool = False,
+        adapter: Adapter | None = None,
+    ) -> list[dict[str, Any]] | _Failed:
         """Parsed samples of one request, or the first parse error when none parsed."""
+        adapter = adapter or self.adapter
         parsed: list[dict[str, Any]] = []
         errors: list[ParseError] = []
-        for response in await self._complete(request, attempt):
-            ok, bad = self._parse(response)
-            self._log(request, attempt, response=response, outputs=ok, errors=bad)
+        cut = False
+        number = self.attempts
+        self.attempts += 1
+        for response, sent, how in await self._complete(request, number, note, repair):
+            ok, bad = self._parse(response, adapter)
+            cut = cut or any(c.finish_reason == "length" for c in response.choices)
+            entry = _Entry(number, how or note, repair)
+            self._log(sent, entry, response=response, outputs=ok, errors=bad)
             parsed += ok
             errors += bad
-        return parsed or errors[0]
+        return parsed or _Failed(errors[0], cut)
 
-    def _parse(self, response: LMResponse) -> tuple[list[dict[str, Any]], list[ParseError]]:
+    def _parse(
+        self, response: LMResponse, adapter: Adapter
+    ) -> tuple[list[dict[str, Any]], list[ParseError]]:
         if not response.choices:
             return [], [ParseError("the LM returned no choices", raw="")]
         ok, bad = [], []
         for choice in response.choices:
             try:
-                ok.append(self.adapter.parse(self.predictor.signature, choice.text))
+                ok.append(adapter.parse(self.predictor.signature, choice.text))
             except ParseError as exc:
+                if choice.finish_reason == "length":
+                    exc = ParseError(
+                        f"the reply was cut off by the token limit before it was complete ({exc})",
+                        raw=exc.raw,
+                        field=exc.field,
+                    )
                 bad.append(exc)
         return ok, bad
 
-    async def _complete(self, request: LMRequest, attempt: int) -> list[LMResponse]:
+    async def _complete(
+        self, request: LMRequest, number: int, note: str, repair: bool
+    ) -> list[tuple[LMResponse, LMRequest, str]]:
         """One request, or ``n`` single-sample requests when the LM cannot sample ``n``."""
         sample = settings().sample
+        entry = _Entry(number, note, repair)
         if request.n == 1 or self.lm.capabilities.n:
-            return [await self._send(request, sample, attempt)]
+            return [await self._send(request, sample, entry)]
         single = dataclasses.replace(request, n=1)
-        results: list[LMResponse | Exception] = []
+        results: list[tuple[LMResponse, LMRequest, str] | Exception] = []
 
         async def one(index: int) -> None:
             try:
-                results.append(await self._send(single, sample * request.n + index, attempt))
+                results.append(await self._send(single, sample * request.n + index, entry))
             except Exception as exc:
                 results.append(exc)
 
@@ -146,20 +249,55 @@ class _Call:
         for result in results:
             if isinstance(result, Exception):
                 raise result
-        return [r for r in results if isinstance(r, LMResponse)]
+        return [r for r in results if not isinstance(r, Exception)]
 
-    async def _send(self, request: LMRequest, sample: int, attempt: int) -> LMResponse:
+    async def _send(
+        self, request: LMRequest, sample: int, entry: _Entry
+    ) -> tuple[LMResponse, LMRequest, str]:
+        """The reply, the request that got it, and a note when it was changed on the way.
+
+        Until an endpoint has answered one request carrying ``response_format``,
+        such requests go one at a time (per event loop), so a server that refuses
+        them sees one refused request, not a burst; see :func:`run_predictor`.
+        """
+        request = _without_refused_schema(self.lm, request)
+        if request.response_format is not None and not _structured_known(self.lm):
+            async with _probe_lock(self.lm):
+                if not _structured_known(self.lm):
+                    return await self._send_structured(request, sample, entry)
+            request = _without_refused_schema(self.lm, request)
+        return await self._send_structured(request, sample, entry)
+
+    async def _send_structured(
+        self, request: LMRequest, sample: int, entry: _Entry
+    ) -> tuple[LMResponse, LMRequest, str]:
         started = time.perf_counter()
         try:
-            return await self.lm.complete(request, sample=sample)
+            response = await self.lm.complete(request, sample=sample)
+        except LMStatusError as exc:
+            self._log(request, entry, error=f"{type(exc).__name__}: {exc}", started=started)
+            if request.response_format is None or exc.status not in _REFUSAL_STATUSES:
+                raise
+            plain = dataclasses.replace(request, response_format=None)
+            started = time.perf_counter()
+            try:
+                response = await self.lm.complete(plain, sample=sample)
+            except Exception as again:
+                self._log(plain, entry, error=f"{type(again).__name__}: {again}", started=started)
+                raise
+            _remember_refusal(self.lm, exc)
+            return response, plain, "the server refused response_format; sent again without it"
         except Exception as exc:
-            self._log(request, attempt, error=f"{type(exc).__name__}: {exc}", started=started)
+            self._log(request, entry, error=f"{type(exc).__name__}: {exc}", started=started)
             raise
+        if request.response_format is not None:
+            _STRUCTURED_OK.add(_endpoint(self.lm))
+        return response, request, ""
 
     def _log(
         self,
         request: LMRequest,
-        attempt: int,
+        entry: _Entry,
         *,
         response: LMResponse | None = None,
         outputs: Sequence[dict[str, Any]] = (),
@@ -170,6 +308,7 @@ class _Call:
         if error is None and not outputs and errors:
             error = f"ParseError: {errors[0]}"
         latency = response.latency if response else time.perf_counter() - started
+        choice = response.choices[0] if response and response.choices else None
         log_call(
             LMCall(
                 predictor=self.path,
@@ -184,13 +323,122 @@ class _Call:
                 latency=latency,
                 cost=response.cost if response else 0.0,
                 error=error,
-                attempt=attempt,
+                attempt=entry.number,
+                finish_reason=choice.finish_reason if choice else None,
+                repair=entry.repair,
+                note=entry.note,
             )
         )
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Entry:
+    """What every :class:`LMCall` of one attempt shares."""
+
+    number: int
+    note: str
+    repair: bool
+
+
+# ---- servers that refuse structured output ----------------------------------------
+
+_REFUSAL_STATUSES = frozenset({400, 422})
+_REFUSED: set[tuple[str, str, object]] = set()
+_STRUCTURED_OK: set[tuple[str, str, object]] = set()
+_REFUSED_LOCK = threading.Lock()
+_PROBE_LOCKS: RunVar[dict[tuple[str, str, object], anyio.Lock]] = RunVar("rhizome_schema_probes")
+
+
+def _endpoint(lm: LM) -> tuple[str, str, object]:
+    """What identifies an LM endpoint: its kind, model name and URL (else the object)."""
+    return (type(lm).__qualname__, lm.name, getattr(lm, "base_url", None) or id(lm))
+
+
+def _remember_refusal(lm: LM, error: LMStatusError) -> None:
+    key = _endpoint(lm)
+    with _REFUSED_LOCK:
+        if key in _REFUSED:
+            return
+        _REFUSED.add(key)
+    where = getattr(lm, "base_url", "") or "its server"
+    logger.warning(
+        "LM %r at %s refused structured output (HTTP %d: %s); its requests go without "
+        "response_format from now on, the prompt still asks for the JSON object",
+        lm.name,
+        where,
+        error.status,
+        error.body[:200] or str(error)[:200],
+    )
+
+
+def _structured_known(lm: LM) -> bool:
+    """True once ``lm``'s endpoint has accepted or refused a ``response_format``."""
+    key = _endpoint(lm)
+    return key in _STRUCTURED_OK or key in _REFUSED
+
+
+def _probe_lock(lm: LM) -> anyio.Lock:
+    """The running event loop's lock that lets one schema request at a time probe ``lm``."""
+    try:
+        locks = _PROBE_LOCKS.get()
+    except LookupError:
+        locks = {}
+        _PROBE_LOCKS.set(locks)
+    return locks.setdefault(_endpoint(lm), anyio.Lock())
+
+
+def _refused(lm: LM) -> bool:
+    return bool(_REFUSED) and _endpoint(lm) in _REFUSED
+
+
+def _without_refused_schema(lm: LM, request: LMRequest) -> LMRequest:
+    if request.response_format is None or not _refused(lm):
+        return request
+    return dataclasses.replace(request, response_format=None)
+
+
+CHARS_PER_TOKEN = 3
+"""A cautious estimate of text per token, for the length bounds of a retried schema."""
+
+
+def _bounded(
+    response_format: dict[str, Any] | None, signature: Signature, limit: int
+) -> dict[str, Any] | None:
+    """``response_format`` with a ``maxLength`` on each text output sharing ``limit`` tokens.
+
+    Four fifths of the limit go to the text fields, split evenly; the rest is
+    left for the JSON around them and the other fields.
+    """
+    if response_format is None or response_format.get("type") != "json_schema":
+        return response_format
+    texts = [name for name, field in signature.outputs.items() if field.annotation is str]
+    spec = response_format.get("json_schema", {})
+    properties = spec.get("schema", {}).get("properties", {})
+    if not texts or not all(name in properties for name in texts):
+        return response_format
+    share = max(16, limit * CHARS_PER_TOKEN * 4 // 5 // len(texts))
+    schema = copy.deepcopy(spec["schema"])
+    for name in texts:
+        schema["properties"][name]["maxLength"] = share
+    return {**response_format, "json_schema": {**spec, "schema": schema, "strict": False}}
+
+
+def _response_format_for(lm: LM, request: LMRequest) -> dict[str, Any] | None:
+    """The ``response_format`` that ``request`` really goes out with to ``lm``."""
+    return _without_refused_schema(lm, request).response_format
+
+
 def _checked_inputs(signature: Signature, inputs: Mapping[str, Any], path: str) -> dict[str, Any]:
-    """The signature's inputs taken from ``inputs``; a missing one is an error naming it."""
+    """The signature's inputs taken from ``inputs``, each checked against its field's type.
+
+    Values are converted the lenient way :mod:`rhizome.engine.typecheck` describes
+    (``"3"`` for an ``int``, a tuple for a list); text for a ``str`` field, nearly
+    every input, costs one ``isinstance`` check.
+
+    Raises:
+        SignatureError: An input is missing, or its value is not of the field's
+            type (the message names the predictor, the field and both types).
+    """
     missing = [name for name in signature.inputs if name not in inputs]
     if missing:
         names = ", ".join(repr(m) for m in missing)
@@ -198,14 +446,26 @@ def _checked_inputs(signature: Signature, inputs: Mapping[str, Any], path: str) 
         raise SignatureError(
             f"predictor {path!r} is missing input {names}; its inputs are: {expected}"
         )
-    return {name: inputs[name] for name in signature.inputs}
+    values: dict[str, Any] = {}
+    for name, field in signature.inputs.items():
+        value = inputs[name]
+        if field.annotation is not str or not isinstance(value, str):
+            try:
+                value = field.convert(value)
+            except TypeError as exc:
+                raise SignatureError(
+                    f"predictor {path!r}: input {name!r} expects {field.type_name}, {exc}; "
+                    f"pass a {field.type_name}, or declare the value's type in the "
+                    f"signature (e.g. '{name}: {type(value).__name__}')"
+                ) from None
+        values[name] = value
+    return values
 
 
-def _response_format(
-    prompt: RenderedPrompt, caps: Capabilities, signature: Signature
-) -> dict[str, Any] | None:
+def _response_format(prompt: RenderedPrompt, lm: LM, signature: Signature) -> dict[str, Any] | None:
     """The adapter's schema if the server honours it; plain JSON mode if it reorders keys."""
-    if prompt.response_format is None or not caps.json_schema:
+    caps = lm.capabilities
+    if prompt.response_format is None or not caps.json_schema or _refused(lm):
         return None
     if not caps.json_key_order and len(signature.outputs) > 1:
         return {"type": "json_object"}
@@ -221,8 +481,22 @@ async def _select_demos(predictor: Predictor, inputs: Mapping[str, Any]) -> list
     return list(await chosen if inspect.isawaitable(chosen) else chosen)
 
 
-def _default_adapter(lm: LM) -> Adapter:
-    # imported here: the adapters module re-exports run_predictor from this one
+# imported in the functions below: the adapters module re-exports run_predictor from this one
+
+
+def _default_adapter(lm: LM, signature: Signature) -> Adapter:
     from rhizome.engine.adapters import default_adapter
 
-    return default_adapter(lm)
+    return default_adapter(lm, signature)
+
+
+def _text_adapter() -> Adapter:
+    from rhizome.engine.adapters import TextAdapter
+
+    return TextAdapter()
+
+
+def _is_json(adapter: Adapter) -> bool:
+    from rhizome.engine.adapters import JSONAdapter
+
+    return isinstance(adapter, JSONAdapter)

@@ -4,15 +4,16 @@
 server speaking ``POST {base_url}/chat/completions`` (OpenAI, vLLM, llama.cpp,
 Ollama, LiteLLM ...).
 
-Each attempt holds the endpoint's :class:`anyio.CapacityLimiter`, so every task
-sharing one client shares its ``max_concurrency``. The limit adapts to the
-server: each 429 lowers it by one (down to 1) and a run of successes raises it
-again, so a provider allowing fewer requests at once than ``max_concurrency``
-is learnt from rather than hammered with retries. Failures that may pass
-(HTTP 408/409/429/5xx, connection errors, timeouts, a 200 whose body is not a
-chat completion) are retried up to ``max_retries`` times with exponential
-backoff and jitter, honouring ``Retry-After``; then, or at once for other
-statuses, a typed :class:`~rhizome.engine.errors.LMError` is raised.
+Each attempt holds a slot of the endpoint's limiter, one per client for every
+event loop and thread, so everything sharing one client shares its
+``max_concurrency``. The limit adapts to the server: each 429 lowers it by one
+(down to 1) and a run of successes raises it again, so a provider allowing fewer
+requests at once than ``max_concurrency`` is learnt from rather than hammered
+with retries. Failures that may pass (HTTP 408/409/429/5xx, connection errors,
+timeouts, a 200 whose body is not a chat completion) are retried up to
+``max_retries`` times with exponential backoff and jitter, honouring
+``Retry-After``; then, or at once for other statuses, a typed
+:class:`~rhizome.engine.errors.LMError` is raised.
 
 Requests go through rhizome's lean HTTP/1.1 pool (:mod:`rhizome.engine.http`),
 whose cost per request does not grow with the number of connections, unlike
@@ -21,15 +22,15 @@ one big httpx pool; the request head is rendered once per client. A
 environment, sends through an ``httpx.AsyncClient`` instead.
 
 The client may serve several event loops over its life (each sync
-``graph(...)`` call runs a fresh one), so the connections and the limiter are
-made per running loop. A loop's connections are closed when that loop shuts down
-(through the loop's async-generator shutdown hook) or by :meth:`OpenAILM.aclose`.
-The API key is sent in the ``Authorization`` header only: it never appears in
-``repr``, history, logs or error messages.
+``graph(...)`` call runs a fresh one), so the connections are made per running
+loop; the limiter is shared by all of them. A loop's connections are closed when
+that loop shuts down (through the loop's async-generator shutdown hook) or by
+:meth:`OpenAILM.aclose`. The API key is sent in the ``Authorization`` header
+only: it never appears in ``repr``, history, logs or error messages.
 
 The parts live beside it: the wire format in :mod:`rhizome.engine.wire`, the
 retry policy in :mod:`rhizome.engine.retry`, and the per-loop connections and
-adaptive limiter in :mod:`rhizome.engine.connections`.
+shared adaptive limiter in :mod:`rhizome.engine.connections`.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from pydantic import ValidationError
 
 from rhizome.engine.cache import ResponseCache, default_cache
 from rhizome.engine.connections import USER_AGENT as USER_AGENT
-from rhizome.engine.connections import Connections, LoopState, acquire
+from rhizome.engine.connections import Connections, LoopState
 from rhizome.engine.errors import (
     ConfigError,
     LMConnectionError,
@@ -179,6 +180,11 @@ class OpenAILM:
         return self._base_url
 
     @property
+    def max_tokens(self) -> int | None:
+        """The completion limit of requests that set none (None: the server's default)."""
+        return self._max_tokens
+
+    @property
     def cache(self) -> ResponseCache | None:
         """The response cache in use, or None."""
         return self._cache
@@ -275,14 +281,15 @@ class OpenAILM:
 
     async def _send(self, payload: bytes, n: int) -> LMResponse:
         state = await self._conns.state()
+        limiter = self._conns.limiter
         attempts = 0
         while True:
             outcome = await self._attempt(state, payload, n)
             if isinstance(outcome, LMResponse):
-                state.relax()
+                limiter.relax()
                 return outcome
             if outcome.status == 429:
-                state.throttle()
+                limiter.throttle()
             attempts += 1
             if not outcome.retryable or attempts > self._max_retries:
                 raise outcome.error(attempts)
@@ -294,8 +301,9 @@ class OpenAILM:
             await anyio.sleep(wait)
 
     async def _attempt(self, state: LoopState, payload: bytes, n: int) -> LMResponse | Failure:
+        limiter = self._conns.limiter
         try:
-            await acquire(state.limiter)
+            await limiter.acquire()
             try:
                 self.usage.add_request()
                 start = time.perf_counter()
@@ -306,7 +314,7 @@ class OpenAILM:
                 else:
                     status, content, headers = await self._conns.via_httpx(state, payload)
             finally:
-                state.limiter.release()
+                limiter.release()
         except httpx.TimeoutException as exc:
             message = f"{self._url} did not answer within timeout={self._timeout} s"
             return Failure(LMTimeoutError, f"{message} ({type(exc).__name__})")

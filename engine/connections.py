@@ -1,16 +1,18 @@
-"""An endpoint's connections and concurrency limit, made per running event loop.
+"""An endpoint's connections, made per running event loop, and its one concurrency limit.
 
 A chat client may serve several event loops over its life (each sync
-``graph(...)`` call runs a fresh one), so :class:`Connections` keeps one
-:class:`LoopState` per loop: rhizome's lean HTTP/1.1 pool
-(:mod:`rhizome.engine.http`), or an ``httpx.AsyncClient`` when a ``transport=``
-is given or the environment sets a proxy, and the :class:`anyio.CapacityLimiter`
-every request holds. A loop's connections are closed when that loop shuts down
-(through the loop's async-generator shutdown hook) or by
-:meth:`Connections.aclose`.
+``graph(...)`` call runs a fresh one, and thread-pool web servers run one per
+thread), so :class:`Connections` keeps one :class:`LoopState` per loop:
+rhizome's lean HTTP/1.1 pool (:mod:`rhizome.engine.http`), or an
+``httpx.AsyncClient`` when a ``transport=`` is given or the environment sets a
+proxy. A loop's connections are closed when that loop shuts down (through the
+loop's async-generator shutdown hook) or by :meth:`Connections.aclose`.
 
-The limiter adapts to the server: each 429 lowers it by one (down to 1) and a
-run of successes raises it again, never above ``max_concurrency``.
+The limit on requests in flight is not per loop: one :class:`SharedLimiter` per
+:class:`Connections`, thread-safe and usable from any asyncio loop, so
+``max_concurrency`` holds for the endpoint whatever loops and threads use it.
+It adapts to the server: each 429 lowers it by one (down to 1) and a run of
+successes raises it again, never above ``max_concurrency``.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ssl
+import threading
 import urllib.request
 import weakref
+from collections import deque
 from collections.abc import AsyncGenerator, Mapping
 from typing import Protocol
 
-import anyio
 import httpx
 
 from rhizome.engine.errors import ConfigError
@@ -32,40 +35,172 @@ from rhizome.engine.http import HttpPool, Origin
 USER_AGENT = "rhizome/0.1"
 
 
-class _Closeable(Protocol):
-    async def aclose(self) -> None: ...
+class Closeable(Protocol):
+    """Anything holding connections that ``await aclose()`` releases."""
+
+    async def aclose(self) -> None:
+        """Close every connection held."""
+
+
+class SharedLimiter:
+    """A cap on requests in flight, shared by every event loop and thread of the process.
+
+    anyio's ``CapacityLimiter`` belongs to the loop that first waits on it, so one
+    per loop let each loop send ``max_concurrency`` requests of its own. This one
+    keeps its count under a :class:`threading.Lock`; a task that finds no free
+    slot waits on a future of its own loop, queued first come, first served, and
+    a slot freed on another thread reaches it through ``call_soon_threadsafe``. A
+    free slot is taken without a future and without yielding to the loop.
+
+    The cap adapts to the server: :meth:`throttle` on every 429 lowers it by one
+    (down to 1), and :meth:`relax` on every success raises it by one after a run
+    of ``4 x limit`` successes, never above ``ceiling``. A 429 seen on one loop
+    lowers the cap for all of them.
+
+    Args:
+        limit: Requests in flight at once, and the ceiling :meth:`relax` returns to.
+
+    Raises:
+        ConfigError: ``limit`` is not a positive whole number.
+    """
+
+    __slots__ = ("_ceiling", "_in_flight", "_limit", "_lock", "_streak", "_waiters")
+
+    def __init__(self, limit: int) -> None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigError(f"max_concurrency must be a whole number >= 1, got {limit!r}")
+        self._lock = threading.Lock()
+        self._limit = limit
+        self._ceiling = limit
+        self._in_flight = 0
+        self._streak = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def __repr__(self) -> str:
+        return (
+            f"SharedLimiter(limit={self._limit}, ceiling={self._ceiling}, "
+            f"in_flight={self._in_flight}, waiting={len(self._waiters)})"
+        )
+
+    @property
+    def limit(self) -> int:
+        """Requests allowed in flight now (lowered by 429s, at most ``ceiling``)."""
+        return self._limit
+
+    @property
+    def ceiling(self) -> int:
+        """The configured ``max_concurrency``."""
+        return self._ceiling
+
+    @property
+    def in_flight(self) -> int:
+        """Slots held now (granted to a waiter that has not resumed yet included)."""
+        return self._in_flight
+
+    @property
+    def waiting(self) -> int:
+        """Tasks queued for a slot."""
+        return len(self._waiters)
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting (in arrival order) until one is free.
+
+        Raises:
+            RuntimeError: No asyncio event loop is running and no slot is free.
+        """
+        with self._lock:
+            if self._in_flight < self._limit and not self._waiters:
+                self._in_flight += 1
+                return
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            self._abandon(waiter)
+            raise
+
+    def release(self) -> None:
+        """Give back a slot taken by :meth:`acquire`; the longest waiter gets it."""
+        with self._lock:
+            self._in_flight -= 1
+            if not self._waiters:
+                return
+            granted = self._grant()
+        self._wake(granted)
+
+    def throttle(self) -> None:
+        """A 429: the server takes fewer requests at once than we send; send one fewer."""
+        with self._lock:
+            self._limit = max(1, self._limit - 1)
+            self._streak = 0
+
+    def relax(self) -> None:
+        """A success: after ``4 x limit`` in a row, probe with one more request at once."""
+        if self._limit >= self._ceiling:  # the common case, read without the lock
+            return
+        with self._lock:
+            if self._limit >= self._ceiling:
+                return
+            self._streak += 1
+            if self._streak < 4 * self._limit:
+                return
+            self._limit += 1
+            self._streak = 0
+            granted = self._grant()
+        self._wake(granted)
+
+    def _grant(self) -> list[asyncio.Future[None]]:
+        """Hand free slots to the longest waiters; called with the lock held."""
+        granted: list[asyncio.Future[None]] = []
+        while self._waiters and self._in_flight < self._limit:
+            granted.append(self._waiters.popleft())
+            self._in_flight += 1
+        return granted
+
+    def _wake(self, granted: list[asyncio.Future[None]]) -> None:
+        """Resume granted waiters, each on its own loop."""
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        for waiter in granted:
+            loop = waiter.get_loop()
+            if loop is running:
+                _resume(waiter)
+                continue
+            try:
+                loop.call_soon_threadsafe(_resume, waiter)
+            except RuntimeError:  # that loop is closed: its task never resumes
+                self.release()
+
+    def _abandon(self, waiter: asyncio.Future[None]) -> None:
+        """A waiter was cancelled: leave the queue, or pass on a slot it was granted."""
+        with self._lock:
+            try:
+                self._waiters.remove(waiter)
+            except ValueError:
+                pass  # granted (resumed or not yet): the slot is this task's to give back
+            else:
+                return
+        self.release()
+
+
+def _resume(waiter: asyncio.Future[None]) -> None:
+    # A waiter cancelled after its grant is already done; it gives the slot back itself.
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 @dataclasses.dataclass(slots=True)
 class LoopState:
-    """The connections and the limiter serving one event loop: a pool or an httpx client.
+    """The connections serving one event loop: a pool or an httpx client."""
 
-    The limiter's size adapts to the server: :meth:`throttle` on every 429,
-    :meth:`relax` on every success, never above ``ceiling`` (``max_concurrency``).
-    """
-
-    limiter: anyio.CapacityLimiter
     pool: HttpPool | None = None
     client: httpx.AsyncClient | None = None
-    ceiling: int = 1
-    streak: int = 0
-
-    def throttle(self) -> None:
-        """A 429: the server takes fewer requests at once than we send; send one fewer."""
-        self.limiter.total_tokens = max(1, int(self.limiter.total_tokens) - 1)
-        self.streak = 0
-
-    def relax(self) -> None:
-        """A success: after ``4 x limit`` in a row, probe with one more request at once."""
-        limit = int(self.limiter.total_tokens)
-        if limit < self.ceiling:
-            self.streak += 1
-            if self.streak >= 4 * limit:
-                self.limiter.total_tokens = limit + 1
-                self.streak = 0
 
     @property
-    def closeable(self) -> _Closeable:
+    def closeable(self) -> Closeable:
         """The pool or httpx client, whichever this loop uses."""
         return self.pool if self.pool is not None else self.client  # type: ignore[return-value]
 
@@ -73,11 +208,14 @@ class LoopState:
 class Connections:
     """The connections of one chat endpoint, one :class:`LoopState` per event loop.
 
+    Attributes:
+        limiter: The cap on requests in flight, one for every loop and thread.
+
     Args:
         url: The chat-completions URL every request is posted to.
         headers: HTTP headers sent with every request.
         timeout: Seconds allowed for connecting, sending and each read.
-        max_concurrency: Requests in flight at once on one loop.
+        max_concurrency: Requests in flight at once, over every loop and thread.
         transport: An httpx transport to use instead of real connections.
     """
 
@@ -97,6 +235,7 @@ class Connections:
         self._timeout = timeout
         self._max_concurrency = max_concurrency
         self._transport = transport
+        self.limiter = SharedLimiter(max_concurrency)
         self._ssl: ssl.SSLContext | None = None
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopState] = (
             weakref.WeakKeyDictionary()
@@ -132,15 +271,14 @@ class Connections:
         loop = asyncio.get_running_loop()
         state = self._states.pop(loop, None)
         if state is not None:
-            await _close(loop, [state.closeable])
+            await close_now(loop, [state.closeable])
 
     async def _open(self, loop: asyncio.AbstractEventLoop) -> LoopState:
         for old_loop in [old for old in self._states if old.is_closed()]:
             del self._states[old_loop]  # its connections were closed when it shut down
         if self.origin.scheme == "https" and self._ssl is None:
             self._ssl = httpx.create_ssl_context()  # loading CA certificates takes ~20 ms: once
-        limiter = anyio.CapacityLimiter(self._max_concurrency)
-        state = LoopState(limiter=limiter, ceiling=self._max_concurrency)
+        state = LoopState()
         if self._transport is None and not proxied(self.origin):
             state.pool = HttpPool(
                 timeout=self._timeout, ssl_context=self._ssl, max_idle=self._max_concurrency
@@ -148,7 +286,7 @@ class Connections:
         else:
             state.client = self._new_client()
         self._states[loop] = state
-        await _register(loop, [state.closeable])
+        await close_with_loop(loop, [state.closeable])
         return state
 
     def _new_client(self) -> httpx.AsyncClient:
@@ -160,18 +298,6 @@ class Connections:
             transport=self._transport,
             verify=self._ssl if self._ssl is not None else True,
         )
-
-
-async def acquire(limiter: anyio.CapacityLimiter) -> None:
-    """Take a slot of ``limiter``; a free one is taken without yielding to the loop.
-
-    anyio's ``acquire`` always yields once, which costs an event-loop iteration
-    per request; waiting for a slot still goes through it (and stays fair).
-    """
-    try:
-        limiter.acquire_nowait()
-    except anyio.WouldBlock:
-        await limiter.acquire()
 
 
 def request_head(url: str, origin: Origin, headers: Mapping[str, str]) -> bytes:
@@ -198,7 +324,7 @@ class _LoopClients:
     """The pools and httpx clients open on one event loop, closed when that loop shuts down."""
 
     def __init__(self) -> None:
-        self.clients: set[_Closeable] = set()
+        self.clients: set[Closeable] = set()
         self.keeper: AsyncGenerator[None, None] | None = None
 
 
@@ -211,7 +337,12 @@ _OPEN: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClients] = (
 )
 
 
-async def _register(loop: asyncio.AbstractEventLoop, clients: list[_Closeable]) -> None:
+async def close_with_loop(loop: asyncio.AbstractEventLoop, clients: list[Closeable]) -> None:
+    """Have ``clients`` closed when ``loop`` shuts down (``asyncio.run`` returning, say).
+
+    A client bound to one loop cannot be used, or even closed, from another; the
+    loop's async-generator shutdown hook closes it while the loop can still run it.
+    """
     entry = _OPEN.get(loop)
     if entry is None:
         entry = _OPEN[loop] = _LoopClients()
@@ -232,7 +363,8 @@ async def _close_at_loop_end(
             await client.aclose()
 
 
-async def _close(loop: asyncio.AbstractEventLoop, clients: list[_Closeable]) -> None:
+async def close_now(loop: asyncio.AbstractEventLoop, clients: list[Closeable]) -> None:
+    """Close ``clients`` of the running ``loop`` now, and forget them for its shutdown."""
     entry = _OPEN.get(loop)
     for client in clients:
         if entry is not None:

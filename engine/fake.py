@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 import anyio
 
 from rhizome.engine.lm import Capabilities, Choice, HistoryEntry, LMRequest, LMResponse, Usage
+from rhizome.engine.usage import UsageTracker
 
 Responder = Callable[[LMRequest, int], str]
 
@@ -27,6 +28,13 @@ class FakeLM:
         name: The model name to report.
         capabilities: What this fake claims to support.
         delay: Seconds to sleep per call, to exercise concurrency.
+
+    Attributes:
+        calls: Calls made so far.
+        requests: Every request received, in order.
+        usage: Running totals like :class:`~rhizome.engine.client.OpenAILM`'s:
+            each call is one request, its words count as tokens, and a
+            responder that raises counts as an error.
     """
 
     def __init__(
@@ -48,6 +56,7 @@ class FakeLM:
         self._delay = delay
         self.calls = 0
         self.requests: list[LMRequest] = []
+        self.usage = UsageTracker()
         self._history: deque[HistoryEntry] = deque(maxlen=1000)
 
     @property
@@ -75,7 +84,12 @@ class FakeLM:
             await anyio.sleep(self._delay)
         self.calls += 1
         self.requests.append(request)
-        texts = [self._next(request, sample * request.n + i) for i in range(request.n)]
+        self.usage.add_request()
+        try:
+            texts = [self._next(request, sample * request.n + i) for i in range(request.n)]
+        except Exception:
+            self.usage.add_error()
+            raise
         prompt_tokens = sum(len(str(m.get("content") or "").split()) for m in request.messages)
         response = LMResponse(
             choices=tuple(Choice(text=t, finish_reason="stop") for t in texts),
@@ -85,6 +99,7 @@ class FakeLM:
             ),
             model=self._name,
         )
+        self.usage.add_tokens(response.usage)
         self._history.append(
             HistoryEntry(request=request, response=response, timestamp=time.time())
         )

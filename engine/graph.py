@@ -22,6 +22,7 @@ import concurrent.futures
 import contextvars
 import copy
 import functools
+import sys
 from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
@@ -247,11 +248,21 @@ class Graph(Node):
             lm: The default LM for nodes not bound to one, for this run.
             **fields: Input values by name.
 
+        When the application set a global OpenTelemetry tracer provider, the
+        run emits spans (see :mod:`rhizome.telemetry`); otherwise tracing costs
+        one dictionary lookup.
+
         Raises:
             GraphError: A required input is missing (the message lists them).
             NodeError: A node failed; the original error is its ``__cause__``.
         """
         values = {**dict(inputs or {}), **fields}
+        if "opentelemetry.trace" in sys.modules:  # only then can a tracer provider be set
+            from rhizome.telemetry import global_telemetry
+
+            telemetry = global_telemetry()
+            if telemetry is not None:
+                return await telemetry.run(self, values, lm=lm)
         return await run_traced(self._validated(), values, trace=Trace(), lm=lm)
 
     def __call__(

@@ -113,16 +113,24 @@ class Capabilities:
         json_schema: ``response_format={"type": "json_schema", ...}`` is honoured.
         tools: Native function calling with ``tools``.
         n: More than one sample per request.
-        json_key_order: Structured output keeps the schema's property order.
-            llama.cpp's server sorts the keys alphabetically, which would put
-            ``answer`` before ``reasoning``; where it is False, signatures with
-            several outputs ask for plain JSON mode and the prompt sets the order.
+        json_key_order: Structured output keeps the schema's property order
+            (OpenAI, vLLM and llama.cpp do: rhizome sends properties in the
+            signature's order, ``reasoning`` before ``answer``). Set it False
+            for a server that reorders them: signatures with several outputs
+            then ask for plain JSON mode and the prompt sets the order.
+        json_max_outputs: The most output fields a signature may have for the
+            JSON protocol to be this model's default; signatures with more use
+            the tagged-text protocol (None: no limit). A measured preference,
+            not a server limit: the embedded 0.5B model answers one-field
+            signatures best under a JSON schema, and chain-of-thought
+            (reasoning plus answer) best in tagged text.
     """
 
     json_schema: bool = False
     tools: bool = False
     n: bool = True
     json_key_order: bool = True
+    json_max_outputs: int | None = None
 
 
 @runtime_checkable

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from rhizome.engine.errors import GraphError
-from rhizome.engine.predictor import SLOTS
+from rhizome.engine.predictor import SLOTS, temperature_problem
 
 if TYPE_CHECKING:
     from rhizome.engine.predictor import Predictor
@@ -61,8 +61,9 @@ def _checked(name: str, slot: str, value: Any) -> Any:
         if not isinstance(value, list | tuple) or not all(isinstance(d, Mapping) for d in value):
             raise GraphError(f"parameter {name!r} must be a list of dicts (one per demo)")
         return [dict(d) for d in value]
-    if slot != "temperature" or value is None:
+    if slot != "temperature":
         return value
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise GraphError(f"parameter {name!r} must be a number or None, got {value!r}")
+    problem = temperature_problem(value)
+    if problem is not None:
+        raise GraphError(f"parameter {name!r} {problem}")
     return value

@@ -19,7 +19,7 @@ import json
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import pydantic
@@ -323,12 +323,16 @@ def _tag_patterns(name: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
     return opening, closing
 
 
-def extract_tagged(text: str, names: Sequence[str]) -> dict[str, str]:
+def extract_tagged(
+    text: str, names: Sequence[str], *, optional: Collection[str] = ()
+) -> dict[str, str]:
     """The text between ``<name>`` and ``</name>`` for each name, read in order.
 
     Each section is searched after the previous one first (so prose that
     mentions a later tag inside an earlier section does no harm), then from
-    the start, to tolerate fields written out of order.
+    the start, to tolerate fields written out of order. A name in
+    ``optional`` whose tag never appears is left out of the result; one that
+    is opened but never closed is still an error (the reply was cut short).
 
     Raises:
         KeyError: A tag is missing or never closed; ``args[0]`` is the field
@@ -339,6 +343,8 @@ def extract_tagged(text: str, names: Sequence[str]) -> dict[str, str]:
     for name in names:
         span = _span(text, name, cursor) or _span(text, name, 0)
         if span is None:
+            if name in optional and not _tag_patterns(name)[0].search(text):
+                continue
             raise KeyError(name, _missing_reason(text, name))
         start, end, cursor = span
         found[name] = text[start:end].strip()
@@ -365,15 +371,27 @@ def _missing_reason(text: str, name: str) -> str:
 def parse_tagged(fields: Mapping[str, Field], text: str) -> dict[str, Any]:
     """Typed values of ``fields`` from a reply with one tagged section per field.
 
+    An optional field (``X | None``) whose section the reply leaves out is ``None``.
+
     Raises:
-        ParseError: A section is missing or holds a bad value; ``field`` names it.
+        ParseError: A required section is missing or a section holds a bad
+            value; ``field`` names it.
     """
+    names = list(fields)
     try:
-        sections = extract_tagged(text, list(fields))
-    except KeyError as exc:
-        name, reason = exc.args
-        raise ParseError(f"field {name!r}: {reason}", raw=text, field=name) from None
-    return {name: _coerced(f, text, coerce_text, sections[name]) for name, f in fields.items()}
+        sections = extract_tagged(text, names)
+    except KeyError:
+        # Only now pay for the type walk: a section is missing, and may be optional.
+        try:
+            sections = extract_tagged(text, names, optional=_optional_names(fields))
+        except KeyError as exc:
+            name, reason = exc.args
+            message = f"field {name!r}: {reason}; write it as <{name}>...</{name}>"
+            raise ParseError(message, raw=text, field=name) from None
+    return {
+        name: _coerced(f, text, coerce_text, sections[name]) if name in sections else None
+        for name, f in fields.items()
+    }
 
 
 def parse_json(fields: Mapping[str, Field], text: str) -> dict[str, Any]:
@@ -389,12 +407,27 @@ def parse_json(fields: Mapping[str, Field], text: str) -> dict[str, Any]:
     values = {}
     for name, f in fields.items():
         key = _find_key(obj, name)
-        if key is None:
+        if key is not None:
+            values[name] = _coerced(f, text, coerce_json, obj[key])
+        elif is_optional(f.annotation):
+            values[name] = None
+        else:
             keys = ", ".join(map(str, obj)) or "none"
-            message = f"field {name!r} is missing from the JSON object (its keys: {keys})"
+            message = (
+                f"field {name!r} is missing from the JSON object (its keys: {keys}); "
+                f"add the key {name!r}"
+            )
             raise ParseError(message, raw=text, field=name)
-        values[name] = _coerced(f, text, coerce_json, obj[key])
     return values
+
+
+def is_optional(annotation: Any) -> bool:
+    """True when ``annotation`` admits ``None`` (``X | None``): a reply may leave it out."""
+    return split_optional(annotation)[1]
+
+
+def _optional_names(fields: Mapping[str, Field]) -> frozenset[str]:
+    return frozenset(name for name, f in fields.items() if is_optional(f.annotation))
 
 
 def _coerced(field: Field, raw: str, coerce: Callable[[Field, Any], Any], value: Any) -> Any:

@@ -9,17 +9,23 @@ Tunable slots (the parameter names are ``<node path>[.<role>].<slot>``):
 
 - ``instruction``: the task instruction (defaults to the signature's).
 - ``demos``: few-shot examples, dicts holding every field of the signature.
-- ``temperature``: sampling temperature, None for the LM default.
+- ``temperature``: sampling temperature in [0, 2], None for the LM default.
 - ``lm``: the LM bound to this predictor, None for the run's default.
+
+Every way a slot is set (the constructor, assignment, ``load_state``,
+``Graph.set_parameters``, loading a saved program) checks the value, so a
+negative temperature or a demo that is not a dict never reaches an LM call.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Awaitable, Callable
+import math
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from rhizome.engine.calling import run_predictor
+from rhizome.engine.errors import ConfigError, SaveError
 from rhizome.engine.signature import Signature
 
 if TYPE_CHECKING:
@@ -29,6 +35,23 @@ if TYPE_CHECKING:
 DemoSelector = Callable[[dict[str, Any]], "Awaitable[list[dict[str, Any]]] | list[dict[str, Any]]"]
 
 SLOTS = ("instruction", "demos", "temperature")
+
+TEMPERATURE_RANGE = (0.0, 2.0)
+"""The temperatures a predictor accepts: the range OpenAI-compatible servers take."""
+
+
+def temperature_problem(value: Any) -> str | None:
+    """Why ``value`` is not a valid temperature, or None when it is (None is: the LM default)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"must be a number or None, got {type(value).__name__} {value!r}"
+    if not math.isfinite(value):
+        return f"must be a finite number, got {value!r}"
+    low, high = TEMPERATURE_RANGE
+    if not low <= value <= high:
+        return f"must be between {low:g} and {high:g} (0 for the most likely reply), got {value!r}"
+    return None
 
 
 class Predictor:
@@ -40,9 +63,12 @@ class Predictor:
         instruction: Overrides the signature's instruction.
         demos: Initial few-shot demos.
         lm: Bind this predictor to one LM instead of the run's default.
-        temperature: Sampling temperature, None for the LM default.
+        temperature: Sampling temperature in [0, 2], None for the LM default.
         max_tokens: Completion token limit, None for the LM default.
         adapter: How to render and parse; None picks from the LM's capabilities.
+
+    Raises:
+        ConfigError: ``temperature`` is not a number in [0, 2] (or None).
     """
 
     def __init__(
@@ -68,6 +94,21 @@ class Predictor:
         # Chooses demos per input at run time (kNN few-shot); shared by copies, never saved.
         self.demo_selector: DemoSelector | None = None
 
+    @property
+    def temperature(self) -> float | None:
+        """Sampling temperature in [0, 2], None for the LM default (checked when set)."""
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float | None) -> None:
+        problem = temperature_problem(value)
+        if problem is not None:
+            raise ConfigError(
+                f"the temperature of predictor {self.signature.spec()!r} {problem}; "
+                "pass a number from 0 to 2, or None for the LM's default"
+            )
+        self._temperature = value
+
     def copy(self) -> Predictor:
         """An independent copy: demos deep-copied, LM and adapter shared."""
         new = copy.copy(self)
@@ -84,10 +125,24 @@ class Predictor:
             "temperature": self.temperature,
         }
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        """Restore state written by :meth:`dump_state` (unknown keys are ignored)."""
+    def load_state(self, state: Mapping[str, Any], *, path: str = "") -> None:
+        """Restore state written by :meth:`dump_state` (unknown keys are ignored).
+
+        Every value is checked before any is set, so a bad state changes nothing.
+
+        Args:
+            state: The saved slots.
+            path: The predictor's parameter path, to name it in errors.
+
+        Raises:
+            SaveError: A value has the wrong type or range; the message names
+                its parameter path (``"answer.temperature"``).
+        """
+        problem = state_problem(state, path)
+        if problem is not None:
+            raise SaveError(problem)
         if "instruction" in state:
-            self.instruction = str(state["instruction"])
+            self.instruction = state["instruction"]
         if "demos" in state:
             self.demos = [dict(d) for d in state["demos"]]
         if "temperature" in state:
@@ -103,3 +158,23 @@ class Predictor:
 
     def __repr__(self) -> str:
         return f"Predictor({self.signature.spec()!r}, role={self.role!r}, demos={len(self.demos)})"
+
+
+def state_problem(state: Any, path: str = "") -> str | None:
+    """What is wrong with a saved predictor state (types and ranges), or None.
+
+    The message names the parameter path: ``'answer.temperature' must be ...``.
+    """
+    prefix = f"{path}." if path else ""
+    if not isinstance(state, Mapping):
+        return f"{path or 'the state'!r} must be an object, got {type(state).__name__}"
+    if "instruction" in state and not isinstance(state["instruction"], str):
+        got = type(state["instruction"]).__name__
+        return f"'{prefix}instruction' must be a string, got {got}"
+    demos = state.get("demos", [])
+    if not isinstance(demos, list) or not all(isinstance(d, Mapping) for d in demos):
+        return f"'{prefix}demos' must be a list of objects (one per demo)"
+    problem = temperature_problem(state.get("temperature"))
+    if problem is not None:
+        return f"'{prefix}temperature' {problem}"
+    return None

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import math
 import os
 import stat
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rhizome.engine.errors import SaveError
+from rhizome.engine.predictor import state_problem
 
 if TYPE_CHECKING:
     from rhizome.engine.graph import Graph
@@ -113,7 +113,7 @@ def load(graph: Graph, path: str | Path, *, strict: bool = True) -> None:
             predictor.signature.spec()
         ):
             continue  # only reachable when not strict: skip what no longer fits
-        predictor.load_state(state)
+        predictor.load_state(state, path=p_path)
 
 
 def _read(path: Path) -> Any:
@@ -182,21 +182,10 @@ def _checked(data: Any, path: str | Path) -> tuple[dict[str, Any], dict[str, dic
 
 
 def _check_state(where: str, p_path: str, state: Any) -> None:
-    key = f"parameters.{p_path}"
-    if not isinstance(state, dict):
-        raise SaveError(f"{where}: {key!r} must be an object")
-    if "instruction" in state and not isinstance(state["instruction"], str):
-        raise SaveError(f"{where}: '{key}.instruction' must be a string")
-    demos = state.get("demos", [])
-    if not isinstance(demos, list) or not all(isinstance(d, dict) for d in demos):
-        raise SaveError(f"{where}: '{key}.demos' must be a list of objects")
-    temperature = state.get("temperature")
-    if temperature is not None and (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, int | float)
-        or not math.isfinite(temperature)
-    ):
-        raise SaveError(f"{where}: '{key}.temperature' must be a finite number or null")
+    """Types and ranges of one predictor's saved slots, named by their parameter path."""
+    problem = state_problem(state, f"parameters.{p_path}")
+    if problem is not None:
+        raise SaveError(f"{where}: {problem}")
 
 
 def _json_name(kind: type) -> str:

@@ -32,7 +32,7 @@ from rhizome.engine.trace import (
 
 if TYPE_CHECKING:
     from rhizome.engine.lm import LM
-    from rhizome.engine.wiring import NodePlan, Plan
+    from rhizome.engine.wiring import NodePlan, Plan, Source
 
 _PATH: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "rhizome_node_path", default=None
@@ -200,7 +200,10 @@ def _gather(run: _Run, plan: NodePlan) -> tuple[dict[str, Any], list[str]] | Non
     for field, sources in plan.feeds.items():
         for s in sources:
             if active[s.node] and s.field in run.outputs[s.node]:
-                inputs[field] = run.outputs[s.node][s.field]
+                value = run.outputs[s.node][s.field]
+                if field in plan.converts:
+                    value = _converted(run, plan, field, s, value)
+                inputs[field] = value
                 parents.append(run.path(s.node))
                 break
         else:
@@ -212,6 +215,23 @@ def _gather(run: _Run, plan: NodePlan) -> tuple[dict[str, Any], list[str]] | Non
     if plan.from_graph or not parents:
         parents.extend(run.entry_parents)
     return inputs, list(dict.fromkeys(parents))
+
+
+def _converted(run: _Run, plan: NodePlan, field: str, source: Source, value: Any) -> Any:
+    """``value`` from ``source`` converted to the type of input ``field`` (see wiring)."""
+    target = plan.converts[field]
+    try:
+        return target.convert(value)
+    except TypeError as exc:
+        produced = run.plan.nodes[source.node].node.outputs[source.field]
+        src = f"{run.path(source.node)}.{source.field}"
+        raise TypeError(
+            f"input {field!r} expects {target.type_name}, but {src!r} "
+            f"(declared {produced.type_name}) {exc}; make the two declarations agree: "
+            f"declare {src!r} as {target.type_name} (for an LM output, 'name: type' in "
+            f"the signature), or the input {field!r} as the type the value has, or "
+            "convert the value in a FunctionNode between the two"
+        ) from None
 
 
 async def _run_node(

@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Literal
 import pydantic
 
 from rhizome.engine.errors import SignatureError
+from rhizome.engine.typecheck import convert
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _BUILTIN_TYPES: dict[str, Any] = {
@@ -75,6 +76,17 @@ class Field:
         if self.annotation is Any:
             return value
         return self.adapter.validate_python(value)
+
+    def convert(self, value: Any) -> Any:
+        """``value`` checked against this field's type and converted the lenient way.
+
+        ``"3"`` becomes ``3`` for an ``int`` field, a tuple a list, a number its
+        text for a ``str`` field; the rule is in :mod:`rhizome.engine.typecheck`.
+
+        Raises:
+            TypeError: The value is not of the field's type; the message says why.
+        """
+        return convert(self.annotation, value)
 
 
 class _FieldSpec:

@@ -33,9 +33,17 @@ class LMCall:
         cached: True when served from the response cache.
         latency: Seconds the call took.
         error: A description of the failure, if the call failed.
-        attempt: 0 for the first try, 1 for a repair attempt.
+        attempt: 0 for the first try, then 1, 2 ... for each further request of
+            the same predictor call (a longer limit, a repair, another format).
         model: The model that answered (as the server reported it).
         started: Wall-clock time the call was sent (epoch seconds).
+        finish_reason: Why the server stopped the (first) reply: ``"stop"``,
+            ``"length"`` when the token limit cut it, ``"tool_calls"``.
+        repair: True when ``messages`` end with a failed reply and the message
+            saying what was wrong with it (a repair attempt).
+        note: Why this request was made or how it was changed, when it is not
+            the plain first try (``"the reply was cut at max_tokens=200; asked
+            again with max_tokens=400"``).
     """
 
     predictor: str
@@ -51,6 +59,9 @@ class LMCall:
     attempt: int = 0
     model: str = ""
     started: float = 0.0
+    finish_reason: str | None = None
+    repair: bool = False
+    note: str = ""
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -107,11 +118,18 @@ class Trace:
         return [c for c in calls if predictor is None or c.predictor == predictor]
 
     def usage(self) -> dict[str, float]:
-        """Totals for the run: calls, cache hits, prompt and completion tokens, cost."""
+        """Totals for the run: calls, cache hits, prompt and completion tokens, cost.
+
+        ``calls`` counts the LM calls sent to a server and ``cache_hits`` those
+        served from the response cache (no request sent), as ``lm.usage`` does;
+        tokens and cost cover every reply, cached ones included (what the run's
+        calls cost without the cache).
+        """
         calls = self.lm_calls()
+        hits = sum(c.cached for c in calls)
         return {
-            "calls": len(calls),
-            "cache_hits": sum(c.cached for c in calls),
+            "calls": len(calls) - hits,
+            "cache_hits": hits,
             "prompt_tokens": sum(c.usage.prompt_tokens for c in calls),
             "completion_tokens": sum(c.usage.completion_tokens for c in calls),
             "cost": sum(c.cost for c in calls),
@@ -139,6 +157,10 @@ class Trace:
             lines.append(f"{r.node} ({r.kind}, {r.latency * 1000:.0f} ms): {status}")
             for c in r.calls:
                 tag = " cached" if c.cached else ""
+                if c.finish_reason == "length":
+                    tag += " cut-by-length"
+                if c.note:
+                    lines.append(f"    note: {c.note}")
                 lines.append(
                     f"    LM {c.predictor}{tag}: {c.usage.prompt_tokens}+"
                     f"{c.usage.completion_tokens} tokens -> {_short(c.reply)}"

@@ -121,7 +121,13 @@ def request_body(
 
 
 def dumps(body: dict[str, Any]) -> bytes:
-    """``body`` as canonical UTF-8 JSON (sorted keys, no spaces), the bytes sent and cached.
+    """``body`` as compact UTF-8 JSON in the order it was built: the bytes sent and cached.
+
+    Key order is kept, never sorted: a JSON schema's property order is the order
+    a server that decodes with a grammar makes the model write the fields in
+    (``reasoning`` before ``answer``), and a tool's parameters reach the model in
+    the order its signature declares them. The same program builds the same dicts
+    in the same order, so the bytes (and the cache key made from them) are stable.
 
     orjson writes the common body; what it refuses (integer dict keys, integers
     beyond 64 bits) goes through the standard library, which writes the same
@@ -131,11 +137,11 @@ def dumps(body: dict[str, Any]) -> bytes:
         ConfigError: The body holds something JSON cannot carry.
     """
     try:
-        return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+        return orjson.dumps(body)
     except TypeError:
         pass
     try:
-        text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise ConfigError(
             f"the LM request is not JSON-serialisable ({exc}); messages, tools and "

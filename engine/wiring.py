@@ -5,6 +5,17 @@ edge or graph input feeds every node input, which fields the graph returns,
 and rejects what cannot run: cycles, unknown fields, incompatible types,
 inputs fed twice, undeclared inputs, colliding outputs. The scheduler runs the
 plan without re-checking anything.
+
+Types across an edge: the check when wiring is lenient (see
+:mod:`rhizome.engine.typecheck`): it refuses only what can never fit, such as a
+list into a ``str``. An edge whose two ends are declared with different types
+(``str`` into ``int``, ``Any`` into ``list[str]``, ``int`` into ``float``) is
+marked in the plan, and the scheduler converts each value crossing it with
+pydantic's lax mode (``"42"`` becomes ``42``, ``3`` becomes ``3.0``); a value
+that does not convert (``"forty-two"`` into ``int``) fails the receiving node
+with an error naming both ends and their types. Edges whose ends have the same
+type, or whose target is ``Any``, cost nothing at run time. No value of the
+wrong type reaches a node through an edge.
 """
 
 from __future__ import annotations
@@ -17,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 
 from rhizome.engine.errors import GraphError
-from rhizome.engine.typecheck import compatible
+from rhizome.engine.typecheck import compatible, needs_conversion
 
 if TYPE_CHECKING:
     from rhizome.engine.node import Node
@@ -46,6 +57,8 @@ class NodePlan:
         feeds: For each edge-fed input field, its sources in connection order.
         from_graph: Input fields read from the graph input of the same name.
         required: Input fields without a default: missing ones skip the node.
+        converts: Edge-fed inputs whose value must be converted to the input's
+            type at run time (a source is declared with another type), by name.
     """
 
     name: str
@@ -55,6 +68,7 @@ class NodePlan:
     feeds: dict[str, tuple[Source, ...]]
     from_graph: tuple[str, ...]
     required: frozenset[str]
+    converts: Mapping[str, Field] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -195,7 +209,20 @@ def _node_plan(graph: str, g: nx.DiGraph, name: str, may_skip: dict[str, bool]) 
         feeds={f: tuple(s) for f, s in feeds.items()},
         from_graph=tuple(f for f in node.inputs if f not in feeds),
         required=frozenset(f for f in node.inputs if f not in optional),
+        converts=_converts(g, node, feeds),
     )
+
+
+def _converts(g: nx.DiGraph, node: Node, feeds: Mapping[str, list[Source]]) -> dict[str, Field]:
+    """The inputs fed by at least one output declared with another type."""
+    converts: dict[str, Field] = {}
+    for field_name, sources in feeds.items():
+        target = node.inputs[field_name]
+        for s in sources:
+            if needs_conversion(node_of(g, s.node).outputs[s.field].annotation, target.annotation):
+                converts[field_name] = target
+                break
+    return converts
 
 
 def _graph_inputs(

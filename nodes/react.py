@@ -222,7 +222,7 @@ class ReAct(Node):
         """One step with the tools in the request; a function call is the action."""
         path = _path(self.step)
         lm = resolve_lm(self.step.lm, node=path)
-        adapter = self.step.adapter or default_adapter(lm)
+        adapter = self.step.adapter or default_adapter(lm, self.step.signature)
         prompt = adapter.render(self.step, inputs)
         *head, last = prompt.messages
         last = {**last, "content": f"{last['content']}\n\n{_NATIVE_NOTE}"}
@@ -252,6 +252,7 @@ class ReAct(Node):
         text = choice.text if choice is not None else ""
         calls = choice.tool_calls if choice is not None else ()
         call.reply = text
+        call.finish_reason = choice.finish_reason if choice is not None else None
         if calls:
             listed = [{"name": c.name, "arguments": c.arguments} for c in calls]
             call.reply = (text + "\n" if text else "") + json.dumps({"tool_calls": listed})

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rhizome.engine.example import Example, Prediction
-from rhizome.optimizers.metrics import Metric, call_metric, metric_name
+from rhizome.optimizers.metrics import Metric, call_metric, metric_name, metric_traces
 from rhizome.optimizers.records import RunRecorder
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ class ExampleResult:
         passed: Whether the score reached the threshold.
         error: A description of the failure, if any.
         trace: The run's trace, if recorded.
+        metric_traces: Traces of LM runs the metric made itself (an LLM judge's).
     """
 
     index: int
@@ -46,6 +47,7 @@ class ExampleResult:
     passed: bool
     error: dict[str, Any] | None = None
     trace: Trace | None = None
+    metric_traces: list[Trace] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -59,7 +61,11 @@ class EvaluationResult:
         n: Number of examples.
         failures: Number of examples that raised instead of predicting.
         slices: Per-tag ``{"score", "n"}``.
-        usage: LM calls, cache hits, tokens and cost summed over the traces.
+        usage: Summed over the program's traces and the metric's own LM runs
+            (an LLM judge's): ``calls`` sent to a server, ``cache_hits`` served
+            from the response cache, ``prompt_tokens``, ``completion_tokens``
+            and ``cost`` of every reply (cached ones included), and
+            ``metric_calls``, the part of ``calls`` the metric made.
         wall_time: Seconds the evaluation took.
         results: Per-example results, in dev-set order.
     """
@@ -84,9 +90,11 @@ class EvaluationResult:
     def format(self) -> str:
         """A short readable report."""
         lo, hi = self.ci95
+        hits = self.usage.get("cache_hits", 0)
+        cached = f" (+{hits:.0f} from the cache)" if hits else ""
         lines = [
             f"score {self.score:.3f} (95% CI {lo:.3f}–{hi:.3f}) on {self.n} examples, "
-            f"{self.failures} failed, {self.usage.get('calls', 0):.0f} LM calls, "
+            f"{self.failures} failed, {self.usage.get('calls', 0):.0f} LM calls{cached}, "
             f"{self.wall_time:.1f} s"
         ]
         for tag, s in sorted(self.slices.items()):
@@ -179,11 +187,12 @@ class Evaluate:
         example = self.devset[batch_result.index]
         pred, error = batch_result.prediction, batch_result.error
         score = 0.0
-        if pred is not None:
-            try:
-                score = await call_metric(self.metric, example, pred, batch_result.trace)
-            except Exception as exc:
-                error = {"type": type(exc).__name__, "message": f"metric failed: {exc}"}
+        with metric_traces() as judged:
+            if pred is not None:
+                try:
+                    score = await call_metric(self.metric, example, pred, batch_result.trace)
+                except Exception as exc:
+                    error = {"type": type(exc).__name__, "message": f"metric failed: {exc}"}
         return ExampleResult(
             index=batch_result.index,
             example=example,
@@ -192,6 +201,7 @@ class Evaluate:
             passed=error is None and score >= self.threshold,
             error=error,
             trace=batch_result.trace,
+            metric_traces=judged,
         )
 
 
@@ -237,11 +247,6 @@ def _aggregate(results: list[ExampleResult], wall_time: float) -> EvaluationResu
     for r in results:
         for tag in r.example.tags:
             by_tag[tag].append(r.score)
-    usage: dict[str, float] = defaultdict(float)
-    for r in results:
-        if r.trace is not None:
-            for key, value in r.trace.usage().items():
-                usage[key] += value
     n = len(results)
     return EvaluationResult(
         score=sum(scores) / n if n else 0.0,
@@ -250,7 +255,25 @@ def _aggregate(results: list[ExampleResult], wall_time: float) -> EvaluationResu
         n=n,
         failures=sum(r.error is not None for r in results),
         slices={t: {"score": sum(v) / len(v), "n": len(v)} for t, v in by_tag.items()},
-        usage=dict(usage),
+        usage=_usage(results),
         wall_time=wall_time,
         results=results,
     )
+
+
+_USAGE_KEYS = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "cost", "metric_calls")
+
+
+def _usage(results: Sequence[ExampleResult]) -> dict[str, float]:
+    """LM usage of the program's runs and the metric's own runs (see EvaluationResult)."""
+    usage: dict[str, float] = dict.fromkeys(_USAGE_KEYS, 0) | {"cost": 0.0}
+    for r in results:
+        runs = [(r.trace, False)] if r.trace is not None else []
+        runs += [(trace, True) for trace in r.metric_traces]
+        for trace, by_metric in runs:
+            totals = trace.usage()
+            for key, value in totals.items():
+                usage[key] = usage.get(key, 0) + value
+            if by_metric:
+                usage["metric_calls"] += totals["calls"]
+    return usage

@@ -124,7 +124,7 @@ def _messages(
     if zero_shot:
         adapter = predictor.adapter or _adapter_for(predictor, lm)
         prompt = list(adapter.render(predictor, call.inputs, demos=[]).messages)
-    elif call.attempt > 0:
+    elif call.repair:
         # A repaired call was sent the failed reply and a correction; train on the clean prompt.
         prompt = _first_attempt_prompt(call.messages)
     else:
@@ -139,7 +139,7 @@ def _first_attempt_prompt(messages: list[dict[str, Any]]) -> list[dict[str, Any]
 
 def _adapter_for(predictor: Predictor, lm: LM | None) -> Adapter:
     chosen = predictor.lm or lm or settings().lm
-    return default_adapter(chosen) if chosen is not None else TextAdapter()
+    return default_adapter(chosen, predictor.signature) if chosen is not None else TextAdapter()
 
 
 def _plain(message: Mapping[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,9 @@ The judge is a small graph of its own — one Predict node
 ``question, gold_answer, predicted_answer -> rationale, verdict: bool`` — so it
 can be run, traced, cached and even optimized like any program. Calling the
 metric is a coroutine: ``await judge(example, prediction)``. Evaluations and
-optimizers await metric results that are awaitable.
+optimizers await metric results that are awaitable, and an evaluation's usage
+counts the judge's own LM calls (each verdict's trace is reported with
+:func:`~rhizome.optimizers.metrics.report_trace`).
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from rhizome.engine.context import context
 from rhizome.engine.errors import ConfigError
 from rhizome.engine.graph import Graph
 from rhizome.engine.parsing import format_value
+from rhizome.engine.scheduler import run_traced
+from rhizome.engine.trace import Trace
 from rhizome.nodes.predict import Predict
+from rhizome.optimizers.metrics import report_trace
 
 if TYPE_CHECKING:
     from rhizome.engine.lm import LM
-    from rhizome.engine.trace import Trace
 
 JUDGE_SIGNATURE = "question, gold_answer, predicted_answer -> rationale, verdict: bool"
 JUDGE_INSTRUCTION = (
@@ -106,10 +110,15 @@ class LLMJudge:
     ) -> list[tuple[bool, str]]:
         """``(verdict, rationale)`` for each sample (sample ``i`` uses sample index ``i``)."""
         inputs = self.judge_inputs(example, prediction)
+        plan = self.graph.validate()._validated()
         out = []
         for i in range(self.samples):
-            with context(sample=i):
-                result = await self.graph.run(inputs, lm=self.lm)
+            trace = Trace()
+            try:
+                with context(sample=i):
+                    result = await run_traced(plan, inputs, trace=trace, lm=self.lm)
+            finally:
+                report_trace(trace)  # the evaluation counts the judge's calls, failed ones too
             out.append((bool(result["verdict"]), str(result.get("rationale", ""))))
         return out
 

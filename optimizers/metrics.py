@@ -8,16 +8,22 @@ the metric returned.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
 import math
 import re
 import string
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from rhizome.engine.trace import Trace
+
+_METRIC_TRACES: contextvars.ContextVar[list[Trace] | None] = contextvars.ContextVar(
+    "rhizome_metric_traces", default=None
+)
 
 
 class Metric(Protocol):
@@ -53,6 +59,32 @@ async def call_metric(
     if inspect.isawaitable(value):
         value = await value
     return score_value(value, metric_name=metric_name(metric))
+
+
+@contextlib.contextmanager
+def metric_traces() -> Iterator[list[Trace]]:
+    """Collect, for the block, the traces of LM runs that metrics make themselves.
+
+    An evaluation scores each example inside this block and adds the collected
+    traces (an LLM judge's runs) to its usage. Metrics report their runs with
+    :func:`report_trace`.
+    """
+    traces: list[Trace] = []
+    token = _METRIC_TRACES.set(traces)
+    try:
+        yield traces
+    finally:
+        _METRIC_TRACES.reset(token)
+
+
+def report_trace(trace: Trace) -> None:
+    """Count an LM run a metric made (a judge's verdict) toward the evaluation's usage.
+
+    A no-op when no evaluation is collecting (:func:`metric_traces`).
+    """
+    traces = _METRIC_TRACES.get()
+    if traces is not None:
+        traces.append(trace)
 
 
 def passes(value: object, threshold: float = 1.0, *, metric_name: str = "metric") -> bool:

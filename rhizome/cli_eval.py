@@ -30,6 +30,7 @@ from rhizome.cli_common import (
 )
 from rhizome.optimizers.evaluate import Evaluate, EvaluationResult
 from rhizome.report import write_report
+from rhizome.telemetry import request_models
 
 if TYPE_CHECKING:
     from rhizome.engine.example import Example
@@ -135,9 +136,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     with open_lm(args) as lm, open_telemetry(args) as telemetry:
         require_lm(graph, lm)
         result = anyio.run(_evaluate, graph, dev, metric, lm, args, args.run_dir)
+        models = request_models(graph, lm)
         for example in result.results:
             if example.trace is not None:
-                telemetry.emit(graph.name, example.trace)
+                telemetry.emit(graph.name, example.trace, request_models=models)
     if args.run_dir is not None:
         write_report(args.run_dir, graph=graph)
     if args.json:

@@ -35,6 +35,7 @@ from rhizome.cli_common import (
 from rhizome.cli_results import ResultsFile
 from rhizome.engine.trace import Trace, jsonable
 from rhizome.serve_schema import check_inputs
+from rhizome.telemetry import request_models
 
 if TYPE_CHECKING:
     from rhizome.engine.batch import BatchResult
@@ -198,7 +199,8 @@ class _BatchJob:
     def _keep(self, index: int, result: BatchResult) -> None:
         self.results.write(_row(index, self.inputs[index], result))
         if result.trace is not None:
-            self.telemetry.emit(self.graph.name, result.trace)
+            models = request_models(self.graph, self.lm)
+            self.telemetry.emit(self.graph.name, result.trace, request_models=models)
         self.counts["ran"] += 1
         self.counts["ok" if result.ok else "failed"] += 1
 

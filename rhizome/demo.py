@@ -32,37 +32,56 @@ def merge_passages(first: list[str], second: list[str]) -> list[str]:
     return [*first, *second]
 
 
-def build_graph(retriever: Retriever, *, k: int = 2) -> Graph:
+FOLLOW_UP_INSTRUCTION = (
+    "Name the one thing the question still needs: the town, company, river or person "
+    "mentioned in the context that leads to the answer. Reply with just that name."
+)
+ANSWER_INSTRUCTION = (
+    "Answer the question using the passages. Reply with the answer only: a name, a place "
+    "or a year, without a sentence."
+)
+
+
+def build_graph(
+    retriever: Retriever,
+    *,
+    k: int = 2,
+    node: type[Predict] = Predict,
+    instructions: bool = True,
+    max_tokens: int | None = None,
+) -> Graph:
     """The two-hop RAG program: search, write a follow-up query, search again, answer.
 
     Hop one searches with the question itself; the model reads what it found
     and writes a query for the missing link (the bridge entity); hop two skips
     passages already found; the answerer reads both hops.
+
+    Args:
+        retriever: Where both hops search.
+        k: Passages per hop.
+        node: The kind of both LM nodes (``ChainOfThought`` adds reasoning).
+        instructions: False leaves the signatures' own instructions, as a new user would.
+        max_tokens: Completion limit of both LM nodes.
     """
     return (
         Graph("multihop_rag", outputs=["answer"])
         .add("hop1", Retrieve(retriever, k=k, query="question", output="context"))
         .add(
             "follow_up",
-            Predict(
+            node(
                 "question, context: list[str] -> query",
-                instruction=(
-                    "Name the one thing the question still needs: the town, company, river "
-                    "or person mentioned in the context that leads to the answer. Reply "
-                    "with just that name."
-                ),
+                instruction=FOLLOW_UP_INSTRUCTION if instructions else None,
+                max_tokens=max_tokens,
             ),
         )
         .add("hop2", Retrieve(retriever, k=k, query="query", output="more", exclude="context"))
         .add("merge", FunctionNode(merge_passages, outputs=["passages"]))
         .add(
             "answer",
-            Predict(
+            node(
                 "passages: list[str], question -> answer",
-                instruction=(
-                    "Answer the question using the passages. Reply with the answer only: "
-                    "a name, a place or a year, without a sentence."
-                ),
+                instruction=ANSWER_INSTRUCTION if instructions else None,
+                max_tokens=max_tokens,
             ),
         )
         .connect("hop1.context", "follow_up.context")

@@ -13,7 +13,10 @@ Endpoints (``rhizome serve PROGRAM`` starts them):
   offline) with a form per endpoint.
 
 Inputs are validated against the graph's inputs (unknown fields too): a bad
-body is a 422 whose message names the field. A bearer token, when set, guards
+body is a 422 whose message names the field. A failed run's error carries a
+``request_id``; when the LM endpoint failed (502) the message says what
+happened without the endpoint's URL, host or reply, which the ``rhizome.serve``
+log records under that id. A bearer token, when set, guards
 everything but health and docs; bodies over a size limit get 413; at most
 ``concurrency`` graph runs go at once (predict and batch share the slots) and a
 predict finding ``max_queue`` requests already waiting gets 503. On SIGTERM
@@ -29,6 +32,7 @@ import importlib.resources
 import json
 import math
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -41,20 +45,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from rhizome.engine.errors import (
-    ConfigError,
-    GraphError,
-    LMError,
-    NodeError,
-    NodeTimeoutError,
-    describe,
-)
+from rhizome.engine.errors import ConfigError, GraphError, NodeError, NodeTimeoutError
 from rhizome.engine.trace import Trace, jsonable
 from rhizome.serve_http import (
     AuthMiddleware,
     BodyLimitMiddleware,
     MetricsMiddleware,
     error_response,
+    lm_failure,
+    public_error,
+    public_trace,
 )
 from rhizome.serve_metrics import CONTENT_TYPE, ServeMetrics
 from rhizome.serve_schema import ERROR_RESPONSES, field_errors, request_models, response_model
@@ -135,10 +135,10 @@ class _Runner:
         self.metrics.run_finished(usage, type(error).__name__ if error is not None else None)
         result = {
             "outputs": outputs,
-            "error": describe(error) if error is not None else None,
+            "error": public_error(error, uuid.uuid4().hex) if error is not None else None,
             "usage": usage,
             "latency": time.perf_counter() - start,
-            **({"trace": trace.to_dict()} if with_trace else {}),
+            **({"trace": public_trace(trace.to_dict(), error)} if with_trace else {}),
         }
         return result, 200 if error is None else _status_for(error)
 
@@ -147,7 +147,7 @@ def _status_for(exc: BaseException) -> int:
     cause = exc.__cause__ if isinstance(exc, NodeError) else exc
     if isinstance(exc, NodeTimeoutError | TimeoutError) or isinstance(cause, TimeoutError):
         return 504
-    if isinstance(cause, LMError):
+    if lm_failure(exc) is not None:
         return 502
     if isinstance(exc, GraphError):
         return 422

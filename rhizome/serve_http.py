@@ -3,12 +3,21 @@
 Each is plain ASGI middleware (no request buffering beyond the size limit, no
 ``BaseHTTPMiddleware``), so streaming responses and client disconnects pass
 through untouched. Errors are answered as ``{"error": {"type", "message"}}``.
+
+API clients never see where the LM server is: a run that failed because the
+LM endpoint did (:func:`public_error`) is answered with what happened ("the
+language model server failed: HTTP 500") and a request id, while the full
+error, URL and upstream body included, goes to the ``rhizome.serve`` log under
+that id; a trace returned with the result is cleaned the same way
+(:func:`public_trace`).
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
+import re
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -16,7 +25,20 @@ from typing import Any
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rhizome.engine.errors import (
+    LMConnectionError,
+    LMError,
+    LMReplyError,
+    LMStatusError,
+    LMTimeoutError,
+    describe,
+)
 from rhizome.serve_metrics import ServeMetrics
+
+logger = logging.getLogger("rhizome.serve")
+
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+_HIDDEN_URL = "<url hidden>"
 
 ROUTES = frozenset({"/v1/predict", "/v1/batch", "/healthz", "/metrics", "/docs", "/openapi.json"})
 OPEN_PATHS = frozenset({"/healthz", "/docs", "/openapi.json"})
@@ -30,6 +52,90 @@ def error_response(
     return JSONResponse(
         {"error": {"type": kind, "message": message, **extra}}, status_code=status, headers=headers
     )
+
+
+def lm_failure(exc: BaseException) -> LMError | None:
+    """The LM error behind a failed run: ``exc`` itself or one of its causes, if any."""
+    seen: BaseException | None = exc
+    for _ in range(16):  # nodes wrap the errors of nodes inside them; no chain is this long
+        if seen is None or isinstance(seen, LMError):
+            return seen
+        seen = seen.__cause__
+    return None
+
+
+def public_error(exc: BaseException, request_id: str) -> dict[str, Any]:
+    """The error of a failed run as API clients see it, tagged with ``request_id``.
+
+    An LM failure is told in words without its URL, host or upstream body,
+    which are logged under the request id instead; other errors are described
+    in full (:func:`~rhizome.engine.errors.describe`).
+    """
+    lm_error = lm_failure(exc)
+    if lm_error is None:
+        return {**_without_urls(describe(exc), request_id, exc), "request_id": request_id}
+    logger.error("request %s: the LM server failed: %s", request_id, exc)
+    out: dict[str, Any] = {
+        "type": type(lm_error).__name__,
+        "message": (
+            f"{_lm_summary(lm_error)} (request id {request_id}; the server's log has the details)"
+        ),
+    }
+    for attr in ("node", "kind"):
+        if getattr(exc, attr, None) is not None:
+            out[attr] = getattr(exc, attr)
+    if isinstance(lm_error, LMStatusError):
+        out["status"] = lm_error.status
+    return {**out, "request_id": request_id}
+
+
+def _without_urls(described: dict[str, Any], request_id: str, exc: BaseException) -> dict[str, Any]:
+    """``described`` with URLs masked in its messages; the unmasked error goes to the log."""
+    out = dict(described)
+    out["message"] = _URL.sub(_HIDDEN_URL, str(out["message"]))
+    if isinstance(out.get("cause"), dict):
+        out["cause"] = {**out["cause"], "message": _URL.sub(_HIDDEN_URL, out["cause"]["message"])}
+    if out != described:
+        logger.error("request %s failed: %s", request_id, exc)
+    return out
+
+
+def _lm_summary(exc: LMError) -> str:
+    if isinstance(exc, LMStatusError):
+        return f"the language model server failed: HTTP {exc.status}"
+    if isinstance(exc, LMTimeoutError):
+        return "the language model server did not answer in time"
+    if isinstance(exc, LMConnectionError):
+        return "the language model server could not be reached"
+    if isinstance(exc, LMReplyError):
+        return "the language model server sent a reply that is not a chat completion"
+    return "the language model server failed"
+
+
+def public_trace(trace: dict[str, Any], exc: BaseException | None) -> dict[str, Any]:
+    """A trace dict fit for API clients: error strings without the LM failure's detail or URLs.
+
+    Where the run failed because the LM endpoint did, that error's text (URL,
+    upstream body) is replaced by the words :func:`public_error` uses; any URL
+    left in an error string (a tool's, say) is masked.
+    """
+    lm_error = lm_failure(exc) if exc is not None else None
+    detail = str(lm_error) if lm_error is not None else ""
+    summary = _lm_summary(lm_error) if lm_error is not None else ""
+
+    def clean(item: dict[str, Any]) -> dict[str, Any]:
+        error = item.get("error")
+        if not isinstance(error, str):
+            return item
+        if detail:
+            error = error.replace(detail, summary)
+        return {**item, "error": _URL.sub(_HIDDEN_URL, error)}
+
+    records = [
+        {**clean(r), "calls": [clean(c) for c in r.get("calls", [])]}
+        for r in trace.get("records", [])
+    ]
+    return {**clean(trace), "records": records}
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

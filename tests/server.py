@@ -17,7 +17,8 @@ Scripting:
   once and the other choices are not asked for.
 - ``server.script([...])`` queues replies consumed (one per responder call)
   before the responder is asked.
-- ``server.requests`` holds every request body received (JSON), and
+- ``server.requests`` holds every request body received (JSON),
+  ``server.raw_requests`` the same bodies as the exact bytes received, and
   ``server.request_headers`` their headers (lower-cased names).
 
 Example:
@@ -95,6 +96,7 @@ class OpenAIServer:
         self.model = model
         self.responder: Responder = _default_responder
         self.requests: list[dict[str, Any]] = []
+        self.raw_requests: list[bytes] = []
         self.request_headers: list[dict[str, str]] = []
         self.errors: list[BaseException] = []
         self.in_flight = 0
@@ -131,6 +133,7 @@ class OpenAIServer:
         """Forget recorded requests, counters and the script."""
         with self._lock:
             self.requests.clear()
+            self.raw_requests.clear()
             self.request_headers.clear()
             self.errors.clear()
             self._script.clear()
@@ -247,6 +250,7 @@ class OpenAIServer:
         with self._lock:
             self._count += 1
             self.requests.append(body)
+            self.raw_requests.append(raw)
             self.request_headers.append(headers)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)

@@ -3,15 +3,23 @@
 Such a server answers ``GET <url>?query=...&k=...`` (or a POST of the same
 fields as JSON) with ``{"topk": [{"text": ..., "pid": ..., "rank": ...,
 "score": ..., "prob": ...}, ...]}``, best first.
+
+An ``httpx.AsyncClient`` is bound to the event loop it first runs on, and a
+retriever may serve several (each sync ``graph(...)`` call runs a fresh one, and
+thread-pool servers run one per thread), so the client keeps one per running
+loop, closed when that loop shuts down or by :meth:`ColBERTv2.aclose`. The
+concurrency limit is one for every loop and thread.
 """
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from typing import Any
 
-import anyio
 import httpx
 
+from rhizome.engine.connections import SharedLimiter, close_now, close_with_loop
 from rhizome.engine.errors import ConfigError
 from rhizome.tools.retrievers import Passage, RetrieverError, check_k
 
@@ -24,9 +32,11 @@ class ColBERTv2:
         post: Send the query as a JSON POST instead of a GET.
         timeout: Seconds per request.
         max_concurrency: Requests in flight at once, shared by every search
-            through this client.
-        client: An ``httpx.AsyncClient`` to use (for custom transports or proxies);
-            one is created, and closed by :meth:`aclose`, otherwise.
+            through this client, whatever event loop or thread it runs on.
+        client: An ``httpx.AsyncClient`` to use (for custom transports or proxies).
+            It is bound to the event loop it first runs on, and it is yours to
+            close. Without one, a client is opened per running event loop and
+            closed when that loop shuts down, or by :meth:`aclose`.
     """
 
     def __init__(
@@ -43,17 +53,27 @@ class ColBERTv2:
         self.url = url
         self.post = post
         self.timeout = timeout
-        self.limiter = anyio.CapacityLimiter(max_concurrency)
+        self.limiter = SharedLimiter(max_concurrency)
         self._client = client
-        self._owns_client = client is None
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def __repr__(self) -> str:
         return f"ColBERTv2({self.url!r})"
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.timeout)
-        return self._client
+    async def _http(self) -> httpx.AsyncClient:
+        """The given client, or the running loop's own, opened on first use."""
+        if self._client is not None:
+            return self._client
+        loop = _running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            for old_loop in [old for old in self._clients if old.is_closed()]:
+                del self._clients[old_loop]  # closed when that loop shut down
+            client = self._clients[loop] = httpx.AsyncClient(timeout=self.timeout)
+            await close_with_loop(loop, [client])
+        return client
 
     async def search(
         self, query: str, k: int, *, where: dict[str, Any] | None = None
@@ -67,17 +87,21 @@ class ColBERTv2:
         check_k(k)
         if where:
             raise ConfigError("ColBERTv2 servers do not support metadata filters; pass where=None")
-        async with self.limiter:
+        await self.limiter.acquire()
+        try:
             data = await self._request(query, k)
+        finally:
+            self.limiter.release()
         return _passages(data, k, self.url)
 
     async def _request(self, query: str, k: int) -> Any:
         params: dict[str, str | int] = {"query": query, "k": k}
+        http = await self._http()
         try:
             if self.post:
-                response = await self._http().post(self.url, json=params)
+                response = await http.post(self.url, json=params)
             else:
-                response = await self._http().get(self.url, params=params)
+                response = await http.get(self.url, params=params)
         except httpx.HTTPError as exc:
             raise RetrieverError(f"ColBERTv2 server {self.url} unreachable: {exc}") from exc
         if response.status_code != 200:
@@ -93,16 +117,30 @@ class ColBERTv2:
             ) from exc
 
     async def aclose(self) -> None:
-        """Close the HTTP client if this object created it."""
-        if self._client is not None and self._owns_client:
-            await self._client.aclose()
-            self._client = None
+        """Close the running loop's HTTP client, if this object opened it.
+
+        The next search opens a new one. Clients of other loops are closed when
+        those loops shut down; a client passed in is left to its owner.
+        """
+        loop = _running_loop()
+        client = self._clients.pop(loop, None)
+        if client is not None:
+            await close_now(loop, [client])
 
     async def __aenter__(self) -> ColBERTv2:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        raise ConfigError(
+            "ColBERTv2 runs on asyncio; run it with asyncio or anyio's asyncio backend"
+        ) from None
 
 
 def _passages(data: Any, k: int, url: str) -> list[Passage]:

@@ -16,6 +16,14 @@ any other GGUF file. The server honours ``response_format`` JSON schemas and
 ``n`` > 1, but this small model does not produce llama.cpp's native tool-call
 format reliably, so :data:`LOCAL_CAPABILITIES` reports ``tools=False`` and
 agents fall back to text or JSON tool protocols.
+
+Which reply protocol suits this model was measured (``bench/truncation.py``,
+30 two-hop questions, ``max_tokens=200``): one-field signatures answer best
+under a JSON schema (the demo graph: 0.267 exact match, while in tagged text
+28 of 30 replies left out the tags), and chain-of-thought best in tagged text
+(0.433 against 0.100 under a schema, with 2,798 completion tokens against
+5,006). So ``json_max_outputs=1``: signatures with several outputs default to
+the tagged-text protocol on this model.
 """
 
 from __future__ import annotations
@@ -51,14 +59,19 @@ __all__ = (
     "usable_cores",
 )
 
-LOCAL_CAPABILITIES = Capabilities(json_schema=True, tools=False, n=True, json_key_order=False)
+LOCAL_CAPABILITIES = Capabilities(json_schema=True, tools=False, n=True, json_max_outputs=1)
 """What llama.cpp serving the embedded model supports (measured, see module doc)."""
 
 _LOCAL_API_KEY = "sk-local-no-key"
 
 
 def _client_for(
-    server: LocalServer, *, timeout: float, cache: Any, temperature: float | None
+    server: LocalServer,
+    *,
+    timeout: float,
+    cache: Any,
+    temperature: float | None,
+    max_tokens: int | None = None,
 ) -> OpenAILM:
     from rhizome.engine.client import OpenAILM
 
@@ -72,6 +85,7 @@ def _client_for(
         capabilities=LOCAL_CAPABILITIES,
         cache_namespace=f"local:{server.config.model_name}",
         temperature=temperature,
+        max_tokens=max_tokens,
     )
 
 
@@ -85,6 +99,7 @@ def local_lm(
     port: int | None = None,
     request_timeout: float = 600.0,
     temperature: float | None = 0.0,
+    max_tokens: int | None = None,
     cache: Any = "default",
     log_path: str | os.PathLike[str] | None = None,
 ) -> Iterator[OpenAILM]:
@@ -101,6 +116,8 @@ def local_lm(
         request_timeout: Seconds the client waits for one reply (CPU decoding is slow).
         temperature: Default sampling temperature; 0 makes evaluations repeatable
             (nodes that sample several attempts set their own).
+        max_tokens: Completion limit of requests that set none, as ``OpenAILM(max_tokens=)``;
+            None lets the server decide (up to the slot's context).
         cache: The client's response cache, passed to ``OpenAILM(cache=...)``.
         log_path: Where the server log goes; None puts it under the cache dir.
 
@@ -116,7 +133,13 @@ def local_lm(
         log_path=log_path,
     )
     with server:
-        yield _client_for(server, timeout=request_timeout, cache=cache, temperature=temperature)
+        yield _client_for(
+            server,
+            timeout=request_timeout,
+            cache=cache,
+            temperature=temperature,
+            max_tokens=max_tokens,
+        )
 
 
 @contextlib.asynccontextmanager
@@ -129,6 +152,7 @@ async def async_local_lm(
     port: int | None = None,
     request_timeout: float = 600.0,
     temperature: float | None = 0.0,
+    max_tokens: int | None = None,
     cache: Any = "default",
     log_path: str | os.PathLike[str] | None = None,
 ) -> AsyncIterator[OpenAILM]:
@@ -149,7 +173,13 @@ async def async_local_lm(
 
     server = await anyio.to_thread.run_sync(start)
     try:
-        lm = _client_for(server, timeout=request_timeout, cache=cache, temperature=temperature)
+        lm = _client_for(
+            server,
+            timeout=request_timeout,
+            cache=cache,
+            temperature=temperature,
+            max_tokens=max_tokens,
+        )
         try:
             yield lm
         finally:

@@ -157,7 +157,7 @@ def test_json_adapter_response_format_is_the_output_schema() -> None:
     assert rf is not None
     assert rf["type"] == "json_schema"
     spec = rf["json_schema"]
-    assert spec["strict"] is True
+    assert spec["strict"] is False  # ``table: dict[str, int]`` has open keys: strict mode cannot
     schema = spec["schema"]
     assert list(schema["properties"]) == list(Everything().outputs)
     assert schema["required"] == list(Everything().outputs)
@@ -316,3 +316,12 @@ async def test_servers_that_reorder_keys_get_plain_json_mode_for_several_outputs
     fmt = single.lm.requests[-1].response_format  # type: ignore[union-attr]
     assert fmt is not None
     assert fmt["type"] == "json_schema"
+
+
+def test_json_max_outputs_sends_longer_signatures_to_the_text_protocol() -> None:
+    lm = FakeLM(["x"], capabilities=Capabilities(json_schema=True, json_max_outputs=1))
+    assert isinstance(default_adapter(lm, Signature("q -> answer")), JSONAdapter)
+    assert isinstance(default_adapter(lm, Signature("q -> reasoning, answer")), TextAdapter)
+    assert isinstance(default_adapter(lm), JSONAdapter)  # no signature: the LM's own default
+    plain = FakeLM(["x"], capabilities=Capabilities(json_schema=True))
+    assert isinstance(default_adapter(plain, Signature("q -> reasoning, answer")), JSONAdapter)

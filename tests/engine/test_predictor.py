@@ -85,7 +85,7 @@ async def test_fails_after_one_repair_with_the_raw_reply() -> None:
     lm = FakeLM(["<answer>many</answer>", "<answer>lots</answer>", good(1)])
     trace = Trace()
     with recording(trace), node_record(NodeRecord(node="solve", kind="Predict")):
-        with pytest.raises(ParseError, match="even after one repair") as info:
+        with pytest.raises(ParseError, match="even after a repair attempt") as info:
             await Predictor(SIG, lm=lm)(question="q")
     assert info.value.raw == "<answer>lots</answer>"
     assert info.value.field == "answer"

@@ -158,7 +158,7 @@ async def test_a_fault_that_persists_ends_in_an_error_naming_it(
             assert f"HTTP {status}" in r.error["message"]
     if kind == "wrong_format":
         assert server.request_count == 4 * 2  # the reply and one repair; parsing is not retried
-        assert "did not parse, even after one repair attempt" in results[0].error["message"]
+        assert "did not parse, even after a repair attempt" in results[0].error["message"]
     else:
         assert server.request_count == 4 * 3  # 1 + max_retries attempts, then a typed error
         assert "gave up after 3 attempts" in results[0].error["message"]

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from rhizome.engine.adapters import JSONAdapter
 from rhizome.engine.errors import ConfigError, LMConnectionError
+from rhizome.engine.graph import Graph
 from rhizome.engine.lm import LMRequest
+from rhizome.nodes.predict import ChainOfThought
 from rhizome.tools import local_model
 from rhizome.tools.local_lm import LOCAL_CAPABILITIES, async_local_lm, local_lm
 from rhizome.tools.local_model import (
@@ -242,6 +245,13 @@ async def test_embedded_model_answers_and_server_stops(tmp_path: Path) -> None:
         reply = await lm.complete(request)
         pid = int(log.read_text(encoding="utf-8").split("rhizome: server pid ")[1].split()[0])
         assert not _gone(pid)
+        # The schema's property order reaches llama.cpp's grammar: reasoning comes first.
+        node = ChainOfThought("question -> answer", max_tokens=120, adapter=JSONAdapter())
+        cot = Graph("g").add("cot", node)
+        prediction = await cot.run(question="What is 6 times 7?", lm=lm)
+        assert prediction.trace is not None
+        text = prediction.trace.lm_calls()[-1].reply
+        assert text.index('"reasoning"') < text.index('"answer"')
     assert len(reply.choices) == 2
     assert "paris" in reply.text.lower()
     assert reply.usage.prompt_tokens > 0

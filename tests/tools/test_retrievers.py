@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -112,13 +113,34 @@ async def test_invalid_k_is_rejected() -> None:
 
 
 class FakeColBERT:
-    """A ColBERTv2 search server on 127.0.0.1 that ranks TEXTS by shared words."""
+    """A ColBERTv2 search server on 127.0.0.1 that ranks TEXTS by shared words.
 
-    def __init__(self) -> None:
+    With ``keep_alive`` it speaks HTTP/1.1 and keeps each connection open, as real
+    search servers do, and counts connections opened (``connections``) and open now
+    (``open``).
+    """
+
+    def __init__(self, *, keep_alive: bool = False) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.connections = 0
+        self.open = 0
+        lock = threading.Lock()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
+            def setup(self) -> None:
+                super().setup()
+                with lock:
+                    fake.connections += 1
+                    fake.open += 1
+
+            def finish(self) -> None:
+                super().finish()
+                with lock:
+                    fake.open -= 1
+
             def do_GET(self) -> None:
                 query = {k: v[0] for k, v in parse_qs(urlparse(self.path).query).items()}
                 fake.requests.append({"method": "GET", "path": urlparse(self.path).path, **query})
@@ -167,6 +189,18 @@ class FakeColBERT:
             {"text": TEXTS[pid], "pid": pid, "rank": r + 1, "score": float(s), "prob": s / total}
             for r, (s, pid) in enumerate(scored[:k])
         ]
+
+    @property
+    def queries(self) -> list[str]:
+        """The query of every request, in order."""
+        return [str(r["query"]) for r in self.requests]
+
+    def all_closed(self) -> bool:
+        """Wait up to 5 s for the clients to close every connection."""
+        deadline = time.monotonic() + 5
+        while self.open and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.open == 0
 
     def close(self) -> None:
         self.server.shutdown()
