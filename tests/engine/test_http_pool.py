@@ -112,6 +112,45 @@ async def test_connection_closed_while_idle_is_replaced(
     await pool.aclose()
 
 
+@pytest.mark.parametrize(
+    ("reply", "problem"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -2\r\n\r\nok", "Invalid character in Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n", "chunk size"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "closed the connection mid-reply"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n", "mid-reply"),
+    ],
+)
+async def test_a_malformed_or_cut_reply_raises_a_protocol_error(
+    raw_server: Starter, reply: bytes, problem: str
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(reply)
+        await writer.drain()  # then the connection closes
+
+    url = await raw_server(handler)
+    pool = HttpPool(timeout=5)
+    with pytest.raises(httpx.RemoteProtocolError, match=problem):
+        await pool.request(Origin.of(httpx.URL(url)), b"GET / HTTP/1.1\r\n\r\n")
+    await pool.aclose()
+
+
+async def test_a_reply_without_length_runs_until_the_server_closes(raw_server: Starter) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        for piece in (b"HTTP/1.0 200 OK\r\n\r\nall ", b"of ", b"it"):
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.01)
+
+    url = await raw_server(handler)
+    pool = HttpPool(timeout=5)
+    reply = await pool.request(Origin.of(httpx.URL(url)), b"GET / HTTP/1.1\r\n\r\n")
+    assert (reply.content, reply.keep_alive) == (b"all of it", False)
+    await pool.aclose()
+
+
 async def test_silent_server_times_out(raw_server: Starter) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_request(reader)
