@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -71,8 +72,33 @@ async def wait_until(condition: Callable[[], bool], within: float, what: str) ->
         await anyio.sleep(0.02)
 
 
+# Run first in every child that a test interrupts. Python makes SIGINT raise
+# KeyboardInterrupt only if SIGINT is not ignored when it starts, and a shell that
+# ignores it (`trap "" INT`, a script's background jobs) passes that on to pytest
+# and from pytest to its children; so the child sets the handler itself.
+_CTRL_C_PROLOGUE = """\
+import runpy, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
+mode, target = sys.argv.pop(1), sys.argv.pop(1)
+if mode == "-m":
+    runpy.run_module(target, run_name="__main__", alter_sys=True)
+else:
+    exec(compile(target, "<string>", "exec"), {"__name__": "__main__"})
+"""
+
+
+def interruptible(mode: str, target: str, *args: str) -> list[str]:
+    """The command line for ``python -c CODE args`` or ``python -m MODULE args``, in which
+    SIGINT raises KeyboardInterrupt however pytest was started (for :func:`interrupt`)."""
+    if mode not in ("-c", "-m"):
+        raise ValueError(f"mode must be '-c' or '-m', not {mode!r}")
+    return [sys.executable, "-c", _CTRL_C_PROLOGUE, mode, target, *args]
+
+
 async def interrupt(child: Any, *, within: float = 10.0) -> tuple[bytes, float]:
     """Send SIGINT (what Ctrl-C sends) to ``child`` and wait for it to exit.
+
+    Start ``child`` with :func:`interruptible`, so that SIGINT reaches Python in it.
 
     Returns its whole stderr and the seconds from the signal to its exit.
     """

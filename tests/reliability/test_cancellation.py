@@ -12,7 +12,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from tests.reliability.procs import (
     command_line,
     descendants,
     interrupt,
+    interruptible,
     wait_for,
     wait_until,
 )
@@ -144,7 +144,7 @@ async def test_ctrl_c_then_resume_redoes_nothing(server: OpenAIServer, tmp_path:
     n, fast = 50, 25
     run_dir = tmp_path / "run"
     server.responder = fast_then_stuck(fast)
-    command = [sys.executable, "-c", BATCH_SCRIPT, server.url, str(run_dir), str(n)]
+    command = interruptible("-c", BATCH_SCRIPT, server.url, str(run_dir), str(n))
     child = await anyio.open_process(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         await wait_until(lambda: len(journal(run_dir)) == fast, 30, "the fast examples")
@@ -218,7 +218,7 @@ anyio.run(main)
 
 @pytest.mark.slow
 def test_ctrl_c_kills_the_sandbox_of_a_running_program() -> None:
-    child = subprocess.Popen([sys.executable, "-c", SANDBOX_SCRIPT], stderr=subprocess.PIPE)
+    child = subprocess.Popen(interruptible("-c", SANDBOX_SCRIPT), stderr=subprocess.PIPE)
     try:
         wait_for(lambda: bool(descendants(child.pid)), 20, "the sandbox process")
         time.sleep(0.3)
@@ -258,7 +258,7 @@ anyio.run(main)
 def test_ctrl_c_stops_the_local_model_server(tmp_path: Path) -> None:
     log = tmp_path / "server.log"
     child = subprocess.Popen(
-        [sys.executable, "-c", LOCAL_MODEL_SCRIPT, str(log), str(tmp_path / "run")],
+        interruptible("-c", LOCAL_MODEL_SCRIPT, str(log), str(tmp_path / "run")),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

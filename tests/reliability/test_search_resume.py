@@ -9,7 +9,6 @@ SIGINT half-way, and the search is resumed on its run directory.
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import anyio
@@ -18,7 +17,7 @@ import pytest
 from rhizome.optimizers.joint import JointSearch
 from rhizome.optimizers.records import read_jsonl
 from tests.reliability import search_case
-from tests.reliability.procs import interrupt, wait_until
+from tests.reliability.procs import interrupt, interruptible, wait_until
 from tests.server import OpenAIServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +40,7 @@ async def test_ctrl_c_on_a_search_then_resume_ends_where_an_uninterrupted_one_en
     server.reset()
     server.responder = lambda body: search_case.planted(body, delay=0.03)
     cut = tmp_path / "cut"
-    command = [sys.executable, "-m", "tests.reliability.search_case", server.url, str(cut)]
+    command = interruptible("-m", "tests.reliability.search_case", server.url, str(cut))
     child = await anyio.open_process(
         command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
