@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import anyio
 
-from rhizome.engine import saving
+from rhizome.engine import params, saving
 from rhizome.engine.collector import calm_collector
 from rhizome.engine.context import context
 from rhizome.engine.errors import ConfigError, describe
@@ -47,6 +47,7 @@ from rhizome.engine.trace import Trace, jsonable
 if TYPE_CHECKING:
     from rhizome.engine.graph import Graph
     from rhizome.engine.lm import LM
+    from rhizome.engine.wiring import Plan
 
 ExampleLike: TypeAlias = Example | Mapping[str, Any]
 Deliver: TypeAlias = Callable[["BatchResult"], Awaitable[None]]
@@ -107,7 +108,7 @@ async def run_batch(
     """
     items = list(examples)
     _check_concurrency(concurrency)
-    graph._validated()  # invalid wiring fails the whole batch, once, up front
+    graph.plan()  # invalid wiring fails the whole batch, once, up front
     results: list[BatchResult | None] = [None] * len(items)
 
     async def keep(result: BatchResult) -> None:
@@ -141,7 +142,7 @@ async def stream_batch(
     """
     items = list(examples)
     _check_concurrency(concurrency)
-    graph._validated()  # wiring errors surface here, not wrapped in a task group's error
+    graph.plan()  # wiring errors surface here, not wrapped in a task group's error
     with _resume(graph, items, run_dir) as work:
         for result in work.done:
             yield result
@@ -174,14 +175,14 @@ async def _drive(
     lm: LM | None,
     progress: bool | None,
 ) -> None:
-    plan = graph._validated()
+    plan = graph.plan()
     names = list(plan.inputs)
     limiter = anyio.CapacityLimiter(concurrency)
     bar = Progress(len(todo), enabled=progress, label=graph.name)
 
     async def one(index: int, example: ExampleLike) -> None:
         try:
-            result = await _run_one(graph, index, example, names)
+            result = await _run_one(plan, index, example, names)
             bar.update(ok=result.ok)
             await deliver(result)
         finally:
@@ -203,11 +204,13 @@ def _check_concurrency(concurrency: int) -> None:
         raise ConfigError(f"concurrency must be a whole number >= 1, got {concurrency!r}")
 
 
-async def _run_one(graph: Graph, index: int, example: ExampleLike, names: list[str]) -> BatchResult:
+async def _run_one(plan: Plan, index: int, example: ExampleLike, names: list[str]) -> BatchResult:
+    # The plan, not graph.run: a batch run opens no span of its own (a batch's
+    # caller emits spans from the results, as `rhizome batch` does).
     trace = Trace()
     try:
         values = _inputs_of(example, names)
-        prediction = await run_traced(graph._validated(), values, trace=trace)
+        prediction = await run_traced(plan, values, trace=trace)
     except Exception as exc:
         return BatchResult(index=index, example=example, error=describe(exc), trace=trace)
     return BatchResult(index=index, example=example, prediction=prediction, trace=trace)
@@ -274,7 +277,7 @@ def _resume(graph: Graph, items: list[ExampleLike], run_dir: RunDir) -> Iterator
 
 def _program_key(graph: Graph) -> str:
     """What the results depend on: the graph's structure and its tunable parameters."""
-    parameters = jsonable(graph.named_parameters())
+    parameters = params.json_parameters(graph, lambda lm: lm.name)
     return saving.fingerprint({"structure": saving.structure(graph), "parameters": parameters})
 
 

@@ -8,6 +8,13 @@ server refusing ``response_format`` gets the request without it (remembered
 per endpoint), a reply cut by the token limit is asked for again with a larger
 limit, a reply that does not parse gets one repair attempt, and a JSON reply
 without a schema behind it gets one last try in the tagged-text format.
+
+Every node's LM call comes through here, agents too: with ``tools=`` (a
+:class:`ToolUse`) the request also offers native function calling, and each
+sample is a :class:`Sample` holding either the parsed fields or the tool calls
+the model made. Asking for ``n`` samples from an LM whose capabilities say it
+cannot sample ``n`` per request is fanned out here, and only here, into ``n``
+one-sample requests (see :meth:`_Call._complete`).
 """
 
 from __future__ import annotations
@@ -15,18 +22,19 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import json
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, overload
 
 import anyio
 from anyio.lowlevel import RunVar
 
 from rhizome.engine.context import resolve_lm, settings
 from rhizome.engine.errors import LMStatusError, ParseError, SignatureError
-from rhizome.engine.lm import LM, LMRequest, LMResponse, Usage
+from rhizome.engine.lm import LM, Choice, LMRequest, LMResponse, ToolCall, Usage
 from rhizome.engine.signature import Signature
 from rhizome.engine.trace import LMCall, current_record, log_call
 
@@ -41,9 +49,57 @@ LENGTH_RETRY_FACTOR = 2
 logger = logging.getLogger("rhizome.predictor")
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ToolUse:
+    """Native function calling offered with a predictor call (``run_predictor(tools=...)``).
+
+    Attributes:
+        tools: OpenAI function definitions, sent as the request's ``tools``.
+        read: The signature's output fields for a reply that called tools, given
+            that choice and the adapter in use (for the thought in its text).
+            They are the sample's ``outputs`` and the logged call's, so demos cut
+            from a trace look alike whether the model acted by text or by call.
+        choice: The request's ``tool_choice``; None leaves it to the server.
+        hint: Text added to the last user message (and to a repair), telling
+            the model it may call the tools; empty adds nothing.
+    """
+
+    tools: tuple[dict[str, Any], ...]
+    read: Callable[[Choice, Adapter], dict[str, Any]]
+    choice: str | dict[str, Any] | None = None
+    hint: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sample:
+    """One sample of a predictor call made with tools.
+
+    Attributes:
+        outputs: The signature's output fields: parsed from the reply text, or,
+            when the model called tools, what :attr:`ToolUse.read` made of it.
+        tool_calls: The function calls the model made, in order; empty when it
+            answered in text.
+    """
+
+    outputs: dict[str, Any]
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+@overload
 async def run_predictor(
-    predictor: Predictor, inputs: Mapping[str, Any], n: int = 1
-) -> list[dict[str, Any]]:
+    predictor: Predictor, inputs: Mapping[str, Any], n: int = 1, *, tools: None = None
+) -> list[dict[str, Any]]: ...
+
+
+@overload
+async def run_predictor(
+    predictor: Predictor, inputs: Mapping[str, Any], n: int = 1, *, tools: ToolUse
+) -> list[Sample]: ...
+
+
+async def run_predictor(
+    predictor: Predictor, inputs: Mapping[str, Any], n: int = 1, *, tools: ToolUse | None = None
+) -> list[dict[str, Any]] | list[Sample]:
     """Make ``predictor``'s LM call for ``inputs`` and return the samples that parsed.
 
     One logical call may take several requests, each logged as an
@@ -61,6 +117,19 @@ async def run_predictor(
     4. When the JSON protocol went without a schema (the server has none) and the
        repair failed too, one last request in the tagged-text protocol.
 
+    With ``tools``, every request also carries the tools (and ``tool_choice``)
+    and no ``response_format`` (a schema-constrained decoder could not emit a
+    call); a reply that called tools counts as parsed, one with neither a call
+    nor readable fields goes through the steps above.
+
+    Args:
+        predictor: The predictor: signature, instruction, demos (or its
+            ``demo_selector``), LM, adapter, temperature and token limit.
+        inputs: Its input values.
+        n: Samples wanted.
+        tools: Native function calling to offer; the result is then a list of
+            :class:`Sample`, else of output-field dicts.
+
     Raises:
         SignatureError: An input field is missing.
         ConfigError: No LM is bound or set for the run.
@@ -69,17 +138,36 @@ async def run_predictor(
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
-    call = _Call.start(predictor, inputs)
+    call = _Call.start(predictor, inputs, tools)
     demos = await _select_demos(predictor, call.inputs)
     prompt = call.adapter.render(predictor, call.inputs, demos=demos)
     request = LMRequest(
-        messages=prompt.messages,
+        messages=call.hinted(prompt.messages),
         temperature=predictor.temperature,
         max_tokens=predictor.max_tokens,
         n=n,
-        response_format=_response_format(prompt, call.lm, predictor.signature),
+        response_format=None if tools else _response_format(prompt, call.lm, predictor.signature),
+        tools=tools.tools if tools else None,
+        tool_choice=tools.choice if tools else None,
     )
-    outcome = await call.attempt(request)
+    outcome = await _recover(call, request, await call.attempt(request), demos)
+    if isinstance(outcome, _Failed):
+        error = outcome.error
+        raise ParseError(
+            f"predictor {call.path!r}: the reply did not parse, even after a repair attempt "
+            f"({call.attempts} attempts): {error}",
+            raw=error.raw,
+            field=error.field,
+        ) from error
+    if tools is None:
+        return outcome.outputs
+    return [Sample(o, c) for o, c in zip(outcome.outputs, outcome.calls, strict=True)]
+
+
+async def _recover(
+    call: _Call, request: LMRequest, outcome: _Parsed | _Failed, demos: list[Any] | None
+) -> _Parsed | _Failed:
+    """Steps 2 to 4 of :func:`run_predictor`, as far as the outcome needs them."""
     if isinstance(outcome, _Failed) and outcome.cut:
         longer = call.longer(request)
         if longer is not None:
@@ -93,22 +181,13 @@ async def run_predictor(
         outcome = await call.attempt(call.repair_request(request, outcome.error), repair=True)
     if isinstance(outcome, _Failed) and call.may_fall_back(request):
         text = _text_adapter()
+        rendered = text.render(call.predictor, call.inputs, demos=demos)
         fallback = dataclasses.replace(
-            request,
-            messages=text.render(predictor, call.inputs, demos=demos).messages,
-            response_format=None,
+            request, messages=call.hinted(rendered.messages), response_format=None
         )
         note = "the JSON reply did not parse, even repaired; asked again in the tagged-text format"
         outcome = await call.attempt(fallback, note=note, adapter=text)
-    if not isinstance(outcome, _Failed):
-        return outcome
-    error = outcome.error
-    raise ParseError(
-        f"predictor {call.path!r}: the reply did not parse, even after a repair attempt "
-        f"({call.attempts} attempts): {error}",
-        raw=error.raw,
-        field=error.field,
-    ) from error
+    return outcome
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +196,17 @@ class _Failed:
 
     error: ParseError
     cut: bool
+
+
+@dataclasses.dataclass(slots=True)
+class _Parsed:
+    """The samples of one attempt that parsed; ``calls[i]`` are sample i's tool calls.
+
+    ``calls`` is filled only for a call made with tools.
+    """
+
+    outputs: list[dict[str, Any]]
+    calls: list[tuple[ToolCall, ...]]
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -128,10 +218,13 @@ class _Call:
     inputs: dict[str, Any]
     lm: LM
     adapter: Adapter
+    tools: ToolUse | None = None
     attempts: int = 0
 
     @classmethod
-    def start(cls, predictor: Predictor, inputs: Mapping[str, Any]) -> _Call:
+    def start(
+        cls, predictor: Predictor, inputs: Mapping[str, Any], tools: ToolUse | None = None
+    ) -> _Call:
         record = current_record()
         role = predictor.role
         if record is None:
@@ -141,7 +234,16 @@ class _Call:
         values = _checked_inputs(predictor.signature, inputs, path)
         lm = resolve_lm(predictor.lm, node=path)
         adapter = predictor.adapter or _default_adapter(lm, predictor.signature)
-        return cls(predictor=predictor, path=path, inputs=values, lm=lm, adapter=adapter)
+        return cls(
+            predictor=predictor, path=path, inputs=values, lm=lm, adapter=adapter, tools=tools
+        )
+
+    def hinted(self, messages: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+        """``messages`` with the tool hint added to the last one (when tools have a hint)."""
+        if self.tools is None or not self.tools.hint or not messages:
+            return messages
+        *head, last = messages
+        return (*head, {**last, "content": f"{last['content']}\n\n{self.tools.hint}"})
 
     def longer(self, request: LMRequest) -> LMRequest | None:
         """``request`` with ``LENGTH_RETRY_FACTOR`` times its token limit; None if unknown.
@@ -164,6 +266,8 @@ class _Call:
     def repair_request(self, request: LMRequest, error: ParseError) -> LMRequest:
         """The follow-up request: the bad reply, then what was wrong with it."""
         fix = self.adapter.repair_message(self.predictor.signature, error)
+        if self.tools is not None and self.tools.hint:
+            fix = f"{fix}\n\n{self.tools.hint}"
         messages = (
             *request.messages,
             {"role": "assistant", "content": error.raw},
@@ -190,32 +294,35 @@ class _Call:
         note: str = "",
         repair: bool = False,
         adapter: Adapter | None = None,
-    ) -> list[dict[str, Any]] | _Failed:
+    ) -> _Parsed | _Failed:
         """Parsed samples of one request, or the first parse error when none parsed."""
         adapter = adapter or self.adapter
-        parsed: list[dict[str, Any]] = []
+        parsed = _Parsed([], [])
         errors: list[ParseError] = []
         cut = False
         number = self.attempts
         self.attempts += 1
         for response, sent, how in await self._complete(request, number, note, repair):
-            ok, bad = self._parse(response, adapter)
+            ok = len(parsed.outputs)
+            bad = self._parse(response, adapter, parsed)
             cut = cut or any(c.finish_reason == "length" for c in response.choices)
             entry = _Entry(number, how or note, repair)
-            self._log(sent, entry, response=response, outputs=ok, errors=bad)
-            parsed += ok
+            self._log(sent, entry, response=response, outputs=parsed.outputs[ok:], errors=bad)
             errors += bad
-        return parsed or _Failed(errors[0], cut)
+        return parsed if parsed.outputs else _Failed(errors[0], cut)
 
-    def _parse(
-        self, response: LMResponse, adapter: Adapter
-    ) -> tuple[list[dict[str, Any]], list[ParseError]]:
+    def _parse(self, response: LMResponse, adapter: Adapter, into: _Parsed) -> list[ParseError]:
+        """Add the choices that parse to ``into``; the errors of those that do not."""
         if not response.choices:
-            return [], [ParseError("the LM returned no choices", raw="")]
-        ok, bad = [], []
+            return [ParseError("the LM returned no choices", raw="")]
+        bad = []
         for choice in response.choices:
+            if self.tools is not None and choice.tool_calls:
+                into.outputs.append(self.tools.read(choice, adapter))
+                into.calls.append(choice.tool_calls)
+                continue
             try:
-                ok.append(adapter.parse(self.predictor.signature, choice.text))
+                into.outputs.append(adapter.parse(self.predictor.signature, choice.text))
             except ParseError as exc:
                 if choice.finish_reason == "length":
                     exc = ParseError(
@@ -224,32 +331,45 @@ class _Call:
                         field=exc.field,
                     )
                 bad.append(exc)
-        return ok, bad
+                continue
+            if self.tools is not None:
+                into.calls.append(())
+        return bad
 
     async def _complete(
         self, request: LMRequest, number: int, note: str, repair: bool
     ) -> list[tuple[LMResponse, LMRequest, str]]:
-        """One request, or ``n`` single-sample requests when the LM cannot sample ``n``."""
+        """One request, or ``n`` one-sample requests when the LM cannot sample ``n``.
+
+        This is the one place ``n`` is fanned out, for every LM implementation.
+        Sample ``i`` of a call made at ``settings().sample == s`` goes out with
+        sample index ``s * n + i`` (as :class:`~rhizome.engine.fake.FakeLM`
+        numbers the choices of one request), so each has its own cache key, the
+        same on every run, and the replies come back in sample order.
+        """
         sample = settings().sample
         entry = _Entry(number, note, repair)
         if request.n == 1 or self.lm.capabilities.n:
             return [await self._send(request, sample, entry)]
         single = dataclasses.replace(request, n=1)
-        results: list[tuple[LMResponse, LMRequest, str] | Exception] = []
+        results: list[tuple[LMResponse, LMRequest, str] | Exception | None] = [None] * request.n
 
         async def one(index: int) -> None:
             try:
-                results.append(await self._send(single, sample * request.n + index, entry))
+                results[index] = await self._send(single, sample * request.n + index, entry)
             except Exception as exc:
-                results.append(exc)
+                results[index] = exc
 
         async with anyio.create_task_group() as group:
             for index in range(request.n):
                 group.start_soon(one, index)
+        done = []
         for result in results:
             if isinstance(result, Exception):
                 raise result
-        return [r for r in results if not isinstance(r, Exception)]
+            if result is not None:
+                done.append(result)
+        return done
 
     async def _send(
         self, request: LMRequest, sample: int, entry: _Entry
@@ -317,7 +437,7 @@ class _Call:
                 inputs=dict(self.inputs),
                 outputs=dict(outputs[0]) if outputs else {},
                 messages=list(request.messages),
-                reply=response.text if response else "",
+                reply=_reply_text(choice),
                 usage=response.usage if response else Usage(),
                 cached=response.cached if response else False,
                 latency=latency,
@@ -338,6 +458,17 @@ class _Entry:
     number: int
     note: str
     repair: bool
+
+
+def _reply_text(choice: Choice | None) -> str:
+    """A reply as logged: its text, then the tool calls it made as a JSON object."""
+    if choice is None:
+        return ""
+    if not choice.tool_calls:
+        return choice.text
+    listed = [{"name": c.name, "arguments": c.arguments} for c in choice.tool_calls]
+    calls = json.dumps({"tool_calls": listed})
+    return f"{choice.text}\n{calls}" if choice.text else calls
 
 
 # ---- servers that refuse structured output ----------------------------------------

@@ -57,7 +57,7 @@ from rhizome.engine.errors import (
     LMReplyError,
     LMTimeoutError,
 )
-from rhizome.engine.lm import Capabilities, HistoryEntry, LMRequest, LMResponse, Usage
+from rhizome.engine.lm import Capabilities, HistoryEntry, LMRequest, LMResponse
 from rhizome.engine.retry import Failure, backoff_wait, status_failure
 from rhizome.engine.usage import Prices, UsageTracker
 from rhizome.engine.wire import ChatCompletion as ChatCompletion
@@ -210,9 +210,17 @@ class OpenAILM:
             LMConnectionError: The server could not be reached after all retries.
             LMTimeoutError: The server did not answer in time after all retries.
             LMReplyError: The server kept answering bodies that are not chat completions.
+            ConfigError: ``request.n`` is above 1 but the capabilities say the
+                server samples one per request (:func:`~rhizome.engine.calling.run_predictor`
+                sends such calls as ``n`` requests).
         """
-        body = self._body(request)
-        payload = dumps(body)
+        if request.n > 1 and not self._caps.n:
+            raise ConfigError(
+                f"LM {self._model!r} at {self._base_url} takes one sample per request "
+                f"(capabilities.n is False), but the request asks for n={request.n}; ask "
+                "n=1 per request, or call through a predictor, which fans n out"
+            )
+        payload = dumps(self._body(request))
         key = None
         if self._cache is not None:
             key = self._cache_key(payload, sample)
@@ -220,10 +228,7 @@ class OpenAILM:
             if hit is not None:
                 return hit
         try:
-            if request.n > 1 and not self._caps.n:
-                response = await self._fan_out(body, request.n)
-            else:
-                response = await self._send(payload, request.n)
+            response = await self._send(payload, request.n)
         except LMError as exc:
             self.usage.add_error()
             self._remember(request, None, str(exc))
@@ -355,36 +360,6 @@ class OpenAILM:
         cost = self._prices.cost(usage) if self._prices is not None else 0.0
         return LMResponse(
             choices=choices, usage=usage, model=model or self._model, latency=latency, cost=cost
-        )
-
-    async def _fan_out(self, body: dict[str, Any], n: int) -> LMResponse:
-        """``n`` samples as ``n`` one-sample requests, for servers without ``n``."""
-        payload = dumps({k: v for k, v in body.items() if k != "n"})
-        results: list[LMResponse | LMError | None] = [None] * n
-
-        async def one(index: int) -> None:
-            try:
-                results[index] = await self._send(payload, 1)
-            except LMError as exc:
-                results[index] = exc
-
-        async with anyio.create_task_group() as group:
-            for index in range(n):
-                group.start_soon(one, index)
-        for result in results:
-            if isinstance(result, LMError):
-                raise result
-        done = [r for r in results if isinstance(r, LMResponse)]
-        usage = Usage(
-            prompt_tokens=sum(r.usage.prompt_tokens for r in done),
-            completion_tokens=sum(r.usage.completion_tokens for r in done),
-        )
-        return LMResponse(
-            choices=tuple(r.choices[0] for r in done),
-            usage=usage,
-            model=done[0].model,
-            latency=max(r.latency for r in done),
-            cost=sum(r.cost for r in done),
         )
 
     def _redact(self, text: str) -> str:

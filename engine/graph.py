@@ -39,6 +39,7 @@ from rhizome.engine.node import Node
 from rhizome.engine.scheduler import current_path, execute, run_traced
 from rhizome.engine.signature import Field
 from rhizome.engine.trace import Trace
+from rhizome.engine.walk import walk
 from rhizome.engine.wiring import (
     Condition,
     Plan,
@@ -54,7 +55,6 @@ if TYPE_CHECKING:
     from rhizome.engine.batch import BatchResult
     from rhizome.engine.example import Example, Prediction
     from rhizome.engine.lm import LM
-    from rhizome.engine.predictor import Predictor
 
 Declared = Iterable[str] | Mapping[str, Any] | None
 
@@ -111,7 +111,7 @@ class Graph(Node):
                 f"graph {self.name!r}: {name!r} must be a Node, got {type(node).__name__}; "
                 "wrap plain functions with FunctionNode(fn)"
             )
-        if node is self or (isinstance(node, Graph) and self in node._subgraphs()):
+        if node is self or any(inner is self for _, inner in walk(node)):
             raise GraphError(f"graph {self.name!r} cannot contain itself (node {name!r})")
         self._g.add_node(name, node=node)
         self._plan = None
@@ -186,12 +186,10 @@ class Graph(Node):
             self._g.add_edge(a, b, mappings=list(mappings), when=when, order=self._edge_count)
         self._plan = None
 
-    def _subgraphs(self) -> Iterator[Graph]:
+    def children(self) -> Iterator[tuple[str, Node]]:
+        """The nodes by name, in the order they were added."""
         for name in self._g.nodes:
-            node = node_of(self._g, name)
-            if isinstance(node, Graph):
-                yield node
-                yield from node._subgraphs()
+            yield name, node_of(self._g, name)
 
     # -- validation and fields --------------------------------------------
 
@@ -201,10 +199,33 @@ class Graph(Node):
         Raises:
             GraphError: Naming the node or field at fault and the valid choices.
         """
-        self._validated()
+        self.plan()
         return self
 
-    def _validated(self) -> Plan:
+    def plan(self) -> Plan:
+        """The validated, compiled execution plan: what every run of this graph executes.
+
+        Built (and the wiring checked) on first use, then kept and returned as
+        the same object until the graph changes (:meth:`add`, :meth:`connect`),
+        so a caller running many inputs (batch, serving, telemetry) may take it
+        once. It is read-only. It holds:
+
+        - ``name``: the graph's name;
+        - ``order``: the node names in a topological order;
+        - ``nodes``: per node a :class:`~rhizome.engine.wiring.NodePlan`: the
+          node object, the nodes it waits for, where each input comes from
+          (feeding outputs in connection order, or the graph input of the same
+          name), which inputs are required, the edge conditions (routers), and
+          the inputs converted to their declared type on the way;
+        - ``inputs``, ``optional_inputs``, ``outputs``: the graph's fields;
+        - ``output_sources``: which node outputs give each graph output.
+
+        Run a plan with :func:`rhizome.engine.scheduler.run_traced`, or the
+        graph itself with :meth:`run`.
+
+        Raises:
+            GraphError: The wiring is invalid (naming the node or field at fault).
+        """
         if self._plan is None:
             self._plan = build_plan(
                 self.name, self._g, inputs=self._declared_inputs, outputs=self._declared_outputs
@@ -224,28 +245,38 @@ class Graph(Node):
     @property
     def inputs(self) -> Mapping[str, Field]:
         """The graph inputs by name (declared or inferred)."""
-        return dict(self._validated().inputs)
+        return dict(self.plan().inputs)
 
     @property
     def optional_inputs(self) -> frozenset[str]:
         """Graph inputs every node taking them has a default for."""
-        return self._validated().optional_inputs
+        return self.plan().optional_inputs
 
     @property
     def outputs(self) -> Mapping[str, Field]:
         """The graph outputs by name (declared or inferred from sink nodes)."""
-        return dict(self._validated().outputs)
+        return dict(self.plan().outputs)
 
     # -- running -----------------------------------------------------------
 
     async def run(
-        self, inputs: Mapping[str, Any] | None = None, /, *, lm: LM | None = None, **fields: Any
+        self,
+        inputs: Mapping[str, Any] | None = None,
+        /,
+        *,
+        lm: LM | None = None,
+        trace: Trace | None = None,
+        **fields: Any,
     ) -> Prediction:
         """Run the graph once and return its outputs with the run's trace.
 
         Args:
             inputs: Input values as a mapping (an Example works); merged with ``fields``.
+                Inputs named ``lm`` or ``trace`` can only be given this way.
             lm: The default LM for nodes not bound to one, for this run.
+            trace: Record the run into this trace (the prediction's ``trace``) rather
+                than a new one. It keeps what ran even when the run fails, with
+                ``trace.error`` set, so a caller can report a failed run's calls.
             **fields: Input values by name.
 
         When the application set a global OpenTelemetry tracer provider, the
@@ -262,14 +293,24 @@ class Graph(Node):
 
             telemetry = global_telemetry()
             if telemetry is not None:
-                return await telemetry.run(self, values, lm=lm)
-        return await run_traced(self._validated(), values, trace=Trace(), lm=lm)
+                return await telemetry.run(self, values, lm=lm, trace=trace)
+        trace = Trace() if trace is None else trace
+        return await run_traced(self.plan(), values, trace=trace, lm=lm)
 
     def __call__(
-        self, inputs: Mapping[str, Any] | None = None, /, *, lm: LM | None = None, **fields: Any
+        self,
+        inputs: Mapping[str, Any] | None = None,
+        /,
+        *,
+        lm: LM | None = None,
+        trace: Trace | None = None,
+        **fields: Any,
     ) -> Prediction:
-        """Run the graph synchronously (works inside a running event loop, e.g. notebooks)."""
-        call = functools.partial(self.run, inputs, lm=lm, **fields)
+        """Run the graph synchronously (works inside a running event loop, e.g. notebooks).
+
+        Takes what :meth:`run` takes.
+        """
+        call = functools.partial(self.run, inputs, lm=lm, trace=trace, **fields)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -289,7 +330,7 @@ class Graph(Node):
         path = current_path()
         prefix = f"{path}." if path else ""
         return await execute(
-            self._validated(), inputs, prefix=prefix, entry_parents=[path] if path else []
+            self.plan(), inputs, prefix=prefix, entry_parents=[path] if path else []
         )
 
     async def batch(
@@ -331,25 +372,30 @@ class Graph(Node):
 
     # -- parameters ----------------------------------------------------------
 
-    def named_predictors(self) -> Iterator[tuple[str, Predictor]]:
-        """Yield ``(path, predictor)``: ``"answer"``, ``"agent.step"``, ``"sub.answer"``."""
-        for name in self._g.nodes:
-            for role, predictor in node_of(self._g, name).named_predictors():
-                yield (f"{name}.{role}" if role else name), predictor
-
     def named_parameters(self) -> dict[str, Any]:
-        """Every tunable slot by name: ``{"answer.instruction": ..., "answer.demos": [...]}``."""
-        return _params.named_parameters(self.named_predictors())
+        """Every tunable slot, at every depth, by name (``"answer.instruction"``, ``"search.k"``).
+
+        The slots are those each node declares (instruction, demos,
+        temperature and LM of every predictor; ``k`` of retrieval nodes; any
+        slot a custom node declares); see :mod:`rhizome.engine.params`.
+        """
+        return _params.named_parameters(self)
 
     def set_parameters(self, values: Mapping[str, Any]) -> Self:
         """Set slots by the names :meth:`named_parameters` uses; chainable.
+
+        Every name and value is checked before any is set.
 
         Raises:
             GraphError: A name is unknown (the message lists valid names) or a
                 value has the wrong type.
         """
-        _params.set_parameters(self.name, self.named_predictors(), values)
+        _params.set_parameters(self, values, label=self.name)
         return self
+
+    def with_parameters(self, values: Mapping[str, Any]) -> Self:
+        """A copy of this graph with ``values`` set (this graph stays as it is)."""
+        return self.copy().set_parameters(values)
 
     def copy(self) -> Self:
         """An independent copy: every node copied, so tuning it leaves this graph alone."""
@@ -371,22 +417,39 @@ class Graph(Node):
 
     # -- saving and drawing --------------------------------------------------
 
-    def save(self, path: str | Path) -> None:
-        """Write the tunable state to a JSON file (see :mod:`rhizome.engine.saving`)."""
-        _saving.save(self, path)
+    def save(self, path: str | Path, *, lms: Mapping[str, LM] | None = None) -> None:
+        """Write every parameter to a JSON file (see :mod:`rhizome.engine.saving`).
 
-    def load(self, path: str | Path, *, strict: bool = True) -> Self:
-        """Restore tunable state saved from a graph of the same structure; chainable.
+        Args:
+            path: Where to write.
+            lms: Names for the LMs the graph's predictors are bound to; an LM
+                not named here is saved under its ``name``.
+        """
+        _saving.save(self, path, lms=lms)
+
+    def load(
+        self,
+        path: str | Path,
+        *,
+        strict: bool = True,
+        lms: Mapping[str, LM] | None = None,
+    ) -> Self:
+        """Restore parameters saved from a graph of the same structure; chainable.
 
         Args:
             path: The JSON file written by :meth:`save`.
-            strict: When False, restore the predictors whose path and signature
-                still match and ignore the rest of a changed structure.
+            strict: When False, restore the parameters whose path (and
+                predictor signature) still match and ignore the rest of a
+                changed structure.
+            lms: The LMs the file refers to, by the names it saved them under
+                (``{"small": lm1, "big": lm2}``); LMs already bound in the graph
+                resolve by their ``name`` without this.
 
         Raises:
-            SaveError: The file is malformed, too large, or the structure changed.
+            SaveError: The file is malformed, too large, names an LM that
+                ``lms`` does not give, or the structure changed.
         """
-        _saving.load(self, path, strict=strict)
+        _saving.load(self, path, strict=strict, lms=lms)
         return self
 
     def to_mermaid(self) -> str:

@@ -2,12 +2,15 @@
 
 Nodes are labelled with their name and kind, edges with their field mappings
 (dotted for router edges), graph inputs and outputs appear as two rounded
-nodes, and nested graphs become subgraphs.
+nodes, and every node that contains others (a nested graph, a loop, a
+sampling wrapper) becomes a subgraph holding what the walk finds inside it.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from rhizome.engine.walk import graphs, visits
 
 if TYPE_CHECKING:
     from rhizome.engine.graph import Graph
@@ -22,7 +25,7 @@ def to_mermaid(graph: Graph) -> str:
     lines = ["flowchart TD"]
     ins, outs = graph.inputs, graph.outputs
     lines.append(f'    {_INPUTS}(["inputs: {_text(", ".join(ins) or "none")}"])')
-    _body(graph, "", lines, "    ")
+    _body(graph, lines)
     lines.append(f'    {_OUTPUTS}(["outputs: {_text(", ".join(outs) or "none")}"])')
     _input_edges(graph, lines)
     _output_edges(graph, lines)
@@ -38,23 +41,47 @@ def _text(text: str) -> str:
     return text.replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
 
 
-def _body(graph: Graph, prefix: str, lines: list[str], pad: str) -> None:
-    from rhizome.engine.graph import Graph
-
-    for name, node in graph.nodes.items():
-        if isinstance(node, Graph):
-            lines.append(f'{pad}subgraph {_id(prefix, name)}["{_text(name)} (Graph)"]')
-            _body(node, f"{prefix}{name}.", lines, pad + "    ")
-            lines.append(f"{pad}end")
+def _body(graph: Graph, lines: list[str]) -> None:
+    """Every node at every depth, containers as subgraphs, then every graph's edges."""
+    drawn: dict[str, int] = {}
+    open_paths: list[str] = []
+    for visit in visits(graph):
+        if not visit.depth:
+            continue
+        while open_paths and not _inside(visit.path, open_paths[-1]):
+            open_paths.pop()
+            lines.append(f"{_pad(len(open_paths))}end")
+        pad = _pad(len(open_paths))
+        # A transparent child shares its container's path; a digit keeps its id apart
+        # (node names are identifiers, so no path segment starts with one).
+        repeat = drawn.get(visit.path, 0)
+        drawn[visit.path] = repeat + 1
+        node_id = _id("", visit.path) + (f"__{repeat}" if repeat else "")
+        label = _text(visit.path.rpartition(".")[2])
+        if any(True for _ in visit.node.children()):
+            lines.append(f'{pad}subgraph {node_id}["{label} ({visit.node.kind})"]')
+            open_paths.append(visit.path)
         else:
-            lines.append(f'{pad}{_id(prefix, name)}["{_text(name)}<br/><i>{node.kind}</i>"]')
-    for a, b, mappings, when in graph.edges:
-        label = ", ".join(x if x == y else f"{x} → {y}" for x, y in mappings)
-        if when is not None:
-            label = f"when {label}".strip()
-        arrow = "-.->" if when is not None else "-->"
-        text = f'|"{_text(label)}"|' if label else ""
-        lines.append(f"{pad}{_id(prefix, a)} {arrow}{text} {_id(prefix, b)}")
+            lines.append(f'{pad}{node_id}["{label}<br/><i>{visit.node.kind}</i>"]')
+    lines += [f"{_pad(depth)}end" for depth in reversed(range(len(open_paths)))]
+    for path, inner in graphs(graph):
+        prefix = f"{path}." if path else ""
+        for a, b, mappings, when in inner.edges:
+            label = ", ".join(x if x == y else f"{x} → {y}" for x, y in mappings)
+            if when is not None:
+                label = f"when {label}".strip()
+            arrow = "-.->" if when is not None else "-->"
+            text = f'|"{_text(label)}"|' if label else ""
+            lines.append(f"    {_id(prefix, a)} {arrow}{text} {_id(prefix, b)}")
+
+
+def _inside(path: str, container: str) -> bool:
+    """Whether ``path`` is ``container`` itself (a transparent child) or below it."""
+    return path == container or path.startswith(container + ".")
+
+
+def _pad(depth: int) -> str:
+    return "    " * (depth + 1)
 
 
 def _input_edges(graph: Graph, lines: list[str]) -> None:
@@ -67,7 +94,7 @@ def _input_edges(graph: Graph, lines: list[str]) -> None:
 
 
 def _output_edges(graph: Graph, lines: list[str]) -> None:
-    plan = graph._validated()
+    plan = graph.plan()
     by_node: dict[str, list[str]] = {}
     for out, sources in plan.output_sources.items():
         for s in sources:

@@ -1,9 +1,13 @@
 """The node base class: what the graph needs from every kind of node.
 
 A node declares typed input and output fields and an async ``forward`` that maps
-one to the other. Nodes that call an LM hold :class:`~rhizome.engine.predictor.Predictor`
-objects and list them in :meth:`Node.named_predictors`; that one walk is how
-optimizers find every tunable slot (instruction, demos, temperature, LM).
+one to the other. Three small methods tell the rest of rhizome what a node holds:
+
+- :meth:`Node.children`: the nodes nested in it (a graph's nodes, a loop's
+  body); :mod:`rhizome.engine.walk` follows them to reach every depth.
+- :meth:`Node.own_predictors`: the LM call patterns it owns itself.
+- :meth:`Node.parameter_slots`: its tunable slots (by default every slot of
+  every own predictor); :mod:`rhizome.engine.params` names them by path.
 """
 
 from __future__ import annotations
@@ -12,7 +16,10 @@ import copy
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
+from rhizome.engine.walk import join, walk
+
 if TYPE_CHECKING:
+    from rhizome.engine.params import Slot
     from rhizome.engine.predictor import Predictor
     from rhizome.engine.signature import Field
 
@@ -51,19 +58,49 @@ class Node:
         """Compute the output fields from the input fields."""
         raise NotImplementedError
 
-    def named_predictors(self) -> Iterator[tuple[str, Predictor]]:
-        """Yield ``(role, predictor)`` for each LM call pattern this node owns.
+    def children(self) -> Iterator[tuple[str, Node]]:
+        """Yield ``(name, node)`` for each node nested directly in this one.
+
+        The name is the child's path segment; ``""`` makes the child share this
+        node's path (a wrapped node, a loop's body graph). Leaf nodes yield
+        nothing.
+        """
+        return iter(())
+
+    def own_predictors(self) -> Iterator[tuple[str, Predictor]]:
+        """Yield ``(role, predictor)`` for each predictor this node holds itself.
 
         ``role`` is ``""`` for a node's main predictor and a short name
-        (``"step"``, ``"extract"``) otherwise; the parameter path is
-        ``node`` or ``node.role``. Nodes that contain nodes yield their
-        children's predictors with the child's name prefixed.
+        (``"step"``, ``"extract"``) otherwise. The default finds every
+        predictor attribute; predictors of child nodes are the children's.
         """
         from rhizome.engine.predictor import Predictor
 
         for value in vars(self).values():
             if isinstance(value, Predictor):
                 yield value.role, value
+
+    def parameter_slots(self) -> dict[str, Slot]:
+        """This node's own tunable slots by name (``"instruction"``, ``"step.demos"``, ``"k"``).
+
+        The default lists every slot of every own predictor, under its role.
+        A node with other tunable state extends this (see ``Retrieve``).
+        """
+        return {
+            join(role, name): slot
+            for role, predictor in self.own_predictors()
+            for name, slot in predictor.parameter_slots().items()
+        }
+
+    def named_predictors(self) -> Iterator[tuple[str, Predictor]]:
+        """Yield ``(path, predictor)`` for this node and everything nested in it.
+
+        The path is the owning node's path joined with the role: ``""`` for
+        this node's main predictor, ``"step"``, ``"sub.answer"``.
+        """
+        for path, node in [("", self), *walk(self)]:
+            for role, predictor in node.own_predictors():
+                yield join(path, role), predictor
 
     def copy(self) -> Self:
         """A copy whose predictors (and child nodes) are independent of this one.

@@ -1,69 +1,159 @@
-"""Named parameters: the one flat view optimizers use to read and set tunable slots.
+"""Named parameters: the one door through which tunable state is read and written.
 
-A parameter name is ``<predictor path>.<slot>``: ``"answer.instruction"``,
-``"agent.step.demos"``, ``"sub.answer.temperature"``. The slots are those of
-:data:`rhizome.engine.predictor.SLOTS`.
+Every node declares its tunable slots in
+:meth:`~rhizome.engine.node.Node.parameter_slots`: a predictor's
+``instruction``, ``demos``, ``temperature`` and ``lm``; a ``Retrieve`` node's
+``k``; whatever a custom node declares. A parameter's name is the node's path
+(from :mod:`rhizome.engine.walk`) and the slot: ``"answer.instruction"``,
+``"agent.step.demos"``, ``"hops.search.k"``.
+
+:func:`named_parameters` reads them, :func:`set_parameters` writes them (every
+name and value checked before any is set); saving, the structure fingerprint
+and every optimizer go through these two.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import difflib
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 from rhizome.engine.errors import GraphError
-from rhizome.engine.predictor import SLOTS, temperature_problem
+from rhizome.engine.lm import LM
+from rhizome.engine.walk import join, walk
 
 if TYPE_CHECKING:
-    from rhizome.engine.predictor import Predictor
+    from rhizome.engine.node import Node
+
+Check = Callable[[Any], "str | None"]
 
 
-def named_parameters(predictors: Iterable[tuple[str, Predictor]]) -> dict[str, Any]:
-    """``{"<path>.<slot>": value}`` for every slot of every predictor."""
-    return {
-        f"{path}.{slot}": getattr(predictor, slot)
-        for path, predictor in predictors
-        for slot in SLOTS
-    }
+@dataclasses.dataclass(frozen=True)
+class Slot:
+    """One tunable value: the attribute it lives in and how a new value is checked.
+
+    Attributes:
+        owner: The object holding the value (a predictor, a node).
+        attr: The attribute's name on ``owner``.
+        check: ``check(value)``: why ``value`` is not acceptable, or None.
+        kind: ``"lm"`` for an LM choice (saved as a reference name), else ``"value"``
+            (plain JSON data).
+    """
+
+    owner: object
+    attr: str
+    check: Check
+    kind: Literal["value", "lm"] = "value"
+
+    def get(self) -> Any:
+        """The current value."""
+        return getattr(self.owner, self.attr)
+
+    def set(self, value: Any) -> None:
+        """Set a value that passed :attr:`check` (demos and other containers are copied)."""
+        setattr(self.owner, self.attr, _copied(value))
 
 
-def set_parameters(
-    graph: str, predictors: Iterable[tuple[str, Predictor]], values: Mapping[str, Any]
-) -> None:
-    """Set slots by parameter name; every name and value is checked before any is set."""
-    by_path = dict(predictors)
-    changes: list[tuple[Predictor, str, Any]] = []
+def _copied(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return [dict(v) if isinstance(v, Mapping) else v for v in copy.deepcopy(list(value))]
+    return value
+
+
+# -- checks shared by node kinds ----------------------------------------------
+
+
+def text_problem(value: Any) -> str | None:
+    """Why ``value`` is not an instruction (a string), or None."""
+    return None if isinstance(value, str) else f"must be a string, got {type(value).__name__}"
+
+
+def demos_problem(value: Any) -> str | None:
+    """Why ``value`` is not a list of demos (one mapping each), or None."""
+    if isinstance(value, list | tuple) and all(isinstance(d, Mapping) for d in value):
+        return None
+    return "must be a list of objects (one per demo)"
+
+
+def count_problem(value: Any) -> str | None:
+    """Why ``value`` is not a whole number >= 1 (a retrieval ``k``), or None."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return f"must be a whole number >= 1, got {value!r}"
+    return None
+
+
+def lm_problem(value: Any) -> str | None:
+    """Why ``value`` is not an LM (or None, for the run's default), or None."""
+    if value is None or isinstance(value, LM):
+        return None
+    return f"must be an LM or None (the run's default), got {type(value).__name__}"
+
+
+# -- the door -------------------------------------------------------------------
+
+
+def named_slots(root: Node) -> dict[str, Slot]:
+    """Every slot of ``root`` and of everything nested in it, by parameter name."""
+    slots: dict[str, Slot] = {}
+    for path, node in [("", root), *walk(root)]:
+        for slot_name, slot in node.parameter_slots().items():
+            name = join(path, slot_name)
+            if name in slots and slots[name] is not slot:
+                raise GraphError(
+                    f"two slots are both named {name!r} ({node.kind} at {path or 'the root'!r}); "
+                    "rename one of them in its node's parameter_slots()"
+                )
+            slots[name] = slot
+    return slots
+
+
+def named_parameters(root: Node) -> dict[str, Any]:
+    """``{"<path>.<slot>": value}`` for every slot, in walk order."""
+    return {name: slot.get() for name, slot in named_slots(root).items()}
+
+
+def json_parameters(root: Node, reference: Callable[[LM], str]) -> dict[str, Any]:
+    """The parameters as JSON-ready data, each LM replaced by ``reference(lm)``."""
+    from rhizome.engine.trace import jsonable
+
+    out: dict[str, Any] = {}
+    for name, slot in named_slots(root).items():
+        value = slot.get()
+        if slot.kind == "lm":
+            out[name] = None if value is None else reference(value)
+        else:
+            out[name] = jsonable(value)
+    return out
+
+
+def set_parameters(root: Node, values: Mapping[str, Any], *, label: str) -> None:
+    """Set slots by parameter name; every name and value is checked before any is set.
+
+    Raises:
+        GraphError: A name is unknown (with close matches and the valid names)
+            or a value is refused by its slot's check.
+    """
+    slots = named_slots(root)
+    changes: list[tuple[Slot, Any]] = []
     for name, value in values.items():
-        path, _, slot = name.rpartition(".")
-        if path not in by_path or slot not in SLOTS:
-            raise _unknown(graph, name, by_path)
-        changes.append((by_path[path], slot, _checked(name, slot, value)))
-    for predictor, slot, value in changes:
-        setattr(predictor, slot, value)
+        slot = slots.get(name)
+        if slot is None:
+            raise unknown(label, name, list(slots))
+        problem = slot.check(value)
+        if problem is not None:
+            raise GraphError(f"parameter {name!r} {problem}")
+        changes.append((slot, value))
+    for slot, value in changes:
+        slot.set(value)
 
 
-def _unknown(graph: str, name: str, by_path: Mapping[str, Predictor]) -> GraphError:
-    valid = [f"{p}.{s}" for p in by_path for s in SLOTS]
+def unknown(label: str, name: str, valid: list[str]) -> GraphError:
+    """The error for a parameter name the graph lacks, with close matches."""
     close = difflib.get_close_matches(name, valid, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     return GraphError(
-        f"graph {graph!r} has no parameter {name!r}{hint}; "
-        f"valid parameters: {', '.join(valid) or 'none (no LM nodes)'}"
+        f"graph {label!r} has no parameter {name!r}{hint}; "
+        f"valid parameters: {', '.join(valid) or 'none (no tunable nodes)'}"
     )
-
-
-def _checked(name: str, slot: str, value: Any) -> Any:
-    if slot == "instruction":
-        if not isinstance(value, str):
-            raise GraphError(f"parameter {name!r} must be a string, got {type(value).__name__}")
-        return value
-    if slot == "demos":
-        if not isinstance(value, list | tuple) or not all(isinstance(d, Mapping) for d in value):
-            raise GraphError(f"parameter {name!r} must be a list of dicts (one per demo)")
-        return [dict(d) for d in value]
-    if slot != "temperature":
-        return value
-    problem = temperature_problem(value)
-    if problem is not None:
-        raise GraphError(f"parameter {name!r} {problem}")
-    return value

@@ -12,7 +12,8 @@ Tunable slots (the parameter names are ``<node path>[.<role>].<slot>``):
 - ``temperature``: sampling temperature in [0, 2], None for the LM default.
 - ``lm``: the LM bound to this predictor, None for the run's default.
 
-Every way a slot is set (the constructor, assignment, ``load_state``,
+The slots are declared by :meth:`Predictor.parameter_slots`; every way a slot
+is set (the constructor, assignment to ``temperature``,
 ``Graph.set_parameters``, loading a saved program) checks the value, so a
 negative temperature or a demo that is not a dict never reaches an LM call.
 """
@@ -21,11 +22,12 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from rhizome.engine.calling import run_predictor
-from rhizome.engine.errors import ConfigError, SaveError
+from rhizome.engine.errors import ConfigError
+from rhizome.engine.params import Slot, demos_problem, lm_problem, text_problem
 from rhizome.engine.signature import Signature
 
 if TYPE_CHECKING:
@@ -33,8 +35,6 @@ if TYPE_CHECKING:
     from rhizome.engine.lm import LM
 
 DemoSelector = Callable[[dict[str, Any]], "Awaitable[list[dict[str, Any]]] | list[dict[str, Any]]"]
-
-SLOTS = ("instruction", "demos", "temperature")
 
 TEMPERATURE_RANGE = (0.0, 2.0)
 """The temperatures a predictor accepts: the range OpenAI-compatible servers take."""
@@ -115,38 +115,14 @@ class Predictor:
         new.demos = copy.deepcopy(self.demos)
         return new
 
-    def dump_state(self) -> dict[str, Any]:
-        """The tunable state as JSON-ready data."""
-        from rhizome.engine.trace import jsonable
-
+    def parameter_slots(self) -> dict[str, Slot]:
+        """The tunable slots, by slot name (see :mod:`rhizome.engine.params`)."""
         return {
-            "instruction": self.instruction,
-            "demos": jsonable(self.demos),
-            "temperature": self.temperature,
+            "instruction": Slot(self, "instruction", text_problem),
+            "demos": Slot(self, "demos", demos_problem),
+            "temperature": Slot(self, "temperature", temperature_problem),
+            "lm": Slot(self, "lm", lm_problem, kind="lm"),
         }
-
-    def load_state(self, state: Mapping[str, Any], *, path: str = "") -> None:
-        """Restore state written by :meth:`dump_state` (unknown keys are ignored).
-
-        Every value is checked before any is set, so a bad state changes nothing.
-
-        Args:
-            state: The saved slots.
-            path: The predictor's parameter path, to name it in errors.
-
-        Raises:
-            SaveError: A value has the wrong type or range; the message names
-                its parameter path (``"answer.temperature"``).
-        """
-        problem = state_problem(state, path)
-        if problem is not None:
-            raise SaveError(problem)
-        if "instruction" in state:
-            self.instruction = state["instruction"]
-        if "demos" in state:
-            self.demos = [dict(d) for d in state["demos"]]
-        if "temperature" in state:
-            self.temperature = state["temperature"]
 
     async def __call__(self, **inputs: Any) -> dict[str, Any]:
         """Run the LM call for ``inputs`` and return the parsed output fields."""
@@ -158,23 +134,3 @@ class Predictor:
 
     def __repr__(self) -> str:
         return f"Predictor({self.signature.spec()!r}, role={self.role!r}, demos={len(self.demos)})"
-
-
-def state_problem(state: Any, path: str = "") -> str | None:
-    """What is wrong with a saved predictor state (types and ranges), or None.
-
-    The message names the parameter path: ``'answer.temperature' must be ...``.
-    """
-    prefix = f"{path}." if path else ""
-    if not isinstance(state, Mapping):
-        return f"{path or 'the state'!r} must be an object, got {type(state).__name__}"
-    if "instruction" in state and not isinstance(state["instruction"], str):
-        got = type(state["instruction"]).__name__
-        return f"'{prefix}instruction' must be a string, got {got}"
-    demos = state.get("demos", [])
-    if not isinstance(demos, list) or not all(isinstance(d, Mapping) for d in demos):
-        return f"'{prefix}demos' must be a list of objects (one per demo)"
-    problem = temperature_problem(state.get("temperature"))
-    if problem is not None:
-        return f"'{prefix}temperature' {problem}"
-    return None

@@ -1,11 +1,28 @@
-"""Saving and loading a graph's tunable state as readable JSON.
+"""Saving and loading a graph's parameters as readable JSON.
 
-A saved program holds only parameters (instructions, demos, temperatures),
-keyed by predictor path, plus a readable summary of the graph's structure and
-its sha256 fingerprint. Loading restores the parameters onto the same
-code-defined graph; when the structure changed, loading fails with a list of
-the differences. Files are read with :mod:`json` only (never pickle or eval)
-and size-limited.
+A saved program holds every parameter of :meth:`Graph.named_parameters`
+(instructions, demos, temperatures, LM choices, retrieval ``k``, custom slots),
+grouped by the path of the predictor or node that owns them, plus a readable
+summary of the graph's structure and its sha256 fingerprint::
+
+    {"format": 2, "graph": "rag", "fingerprint": "…", "structure": {…},
+     "lms": ["small"],
+     "parameters": {"answer": {"instruction": "…", "demos": […],
+                               "temperature": 0.7, "lm": "small"},
+                    "hops.search": {"k": 4}}}
+
+An LM choice is saved as a reference name, never as a key or URL: the name
+given in ``save(path, lms={"small": lm})``, else the LM's ``name``. Loading
+resolves each reference from ``load(path, lms={"small": lm})``, else from the
+LMs the graph is already bound to (by ``name``); a reference that resolves to
+nothing is an error that lists the names the file needs. ``null`` means the
+run's default LM.
+
+Loading restores the parameters onto the same code-defined graph; when the
+structure changed, loading fails with a list of the differences. Files from
+before format 2 (no ``"format"`` key; no LM or ``k``) load when their LM nodes
+still match. Files are read with :mod:`json` only (never pickle or eval) and
+size-limited.
 """
 
 from __future__ import annotations
@@ -20,13 +37,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rhizome.engine import params as _params
 from rhizome.engine.errors import SaveError
-from rhizome.engine.predictor import state_problem
+from rhizome.engine.walk import graphs, join, walk
 
 if TYPE_CHECKING:
     from rhizome.engine.graph import Graph
+    from rhizome.engine.lm import LM
+    from rhizome.engine.params import Slot
 
 MAX_BYTES = 50 * 1024 * 1024
+FORMAT = 2
+"""The saved-file format written by :func:`save`; format 1 files are read too."""
 
 
 def rhizome_version() -> str:
@@ -38,30 +60,28 @@ def rhizome_version() -> str:
 
 
 def structure(graph: Graph) -> dict[str, Any]:
-    """A readable summary of what the fingerprint covers: nodes, predictors, edges, fields."""
+    """What the fingerprint covers: nodes, predictors, parameter names, edges, fields.
+
+    Everything nested is included (sub-graphs, loop bodies, wrapped nodes): a
+    node that shares its container's path appears as ``"BestOfN > Predict"``.
+    """
     nodes: dict[str, str] = {}
+    for path, node in walk(graph):
+        nodes[path] = f"{nodes[path]} > {node.kind}" if path in nodes else node.kind
     edges: list[str] = []
-    _walk(graph, "", nodes, edges)
+    for path, inner in graphs(graph):
+        for a, b, mappings, when in inner.edges:
+            fields = ", ".join(f"{x}->{y}" for x, y in mappings)
+            routed = " (when)" if when is not None else ""
+            edges.append(f"{join(path, a)} -> {join(path, b)} [{fields}]{routed}")
     return {
         "nodes": nodes,
         "predictors": {path: p.signature.spec() for path, p in graph.named_predictors()},
+        "parameters": list(_params.named_slots(graph)),
         "edges": sorted(edges),
         "inputs": sorted(graph.inputs),
         "outputs": sorted(graph.outputs),
     }
-
-
-def _walk(graph: Graph, prefix: str, nodes: dict[str, str], edges: list[str]) -> None:
-    from rhizome.engine.graph import Graph
-
-    for name, node in graph.nodes.items():
-        nodes[prefix + name] = node.kind
-        if isinstance(node, Graph):
-            _walk(node, f"{prefix}{name}.", nodes, edges)
-    for a, b, mappings, when in graph.edges:
-        fields = ", ".join(f"{x}->{y}" for x, y in mappings)
-        routed = " (when)" if when is not None else ""
-        edges.append(f"{prefix}{a} -> {prefix}{b} [{fields}]{routed}")
 
 
 def fingerprint(summary: Mapping[str, Any]) -> str:
@@ -70,15 +90,24 @@ def fingerprint(summary: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def save(graph: Graph, path: str | Path) -> None:
-    """Write ``graph``'s parameters to ``path`` (atomically: a crash leaves the old file)."""
+def save(graph: Graph, path: str | Path, *, lms: Mapping[str, LM] | None = None) -> None:
+    """Write ``graph``'s parameters to ``path`` (atomically: a crash leaves the old file).
+
+    Raises:
+        SaveError: Two different LMs would be saved under one name, or an LM's
+            name looks like a URL; name them with ``lms={"name": lm}``.
+    """
     summary = structure(graph)
+    refs = _references(_params.named_slots(graph), lms)
+    flat = _params.json_parameters(graph, lambda lm: refs[id(lm)])
     data = {
+        "format": FORMAT,
         "rhizome_version": rhizome_version(),
         "graph": graph.name,
         "fingerprint": fingerprint(summary),
         "structure": summary,
-        "parameters": {path: p.dump_state() for path, p in graph.named_predictors()},
+        "lms": sorted(set(refs.values())),
+        "parameters": _grouped(flat),
     }
     target = Path(path)
     text = json.dumps(data, indent=2, ensure_ascii=False)
@@ -92,28 +121,148 @@ def save(graph: Graph, path: str | Path) -> None:
         raise
 
 
-def load(graph: Graph, path: str | Path, *, strict: bool = True) -> None:
-    """Restore parameters saved by :func:`save` onto ``graph``.
+def _references(slots: Mapping[str, Slot], lms: Mapping[str, LM] | None) -> dict[int, str]:
+    """The reference name of every LM bound in the graph, by the LM's id."""
+    given = {id(lm): name for name, lm in (lms or {}).items()}
+    refs: dict[int, str] = {}
+    owners: dict[str, str] = {}
+    for name, slot in slots.items():
+        lm = slot.get() if slot.kind == "lm" else None
+        if lm is None or id(lm) in refs:
+            continue
+        ref = given.get(id(lm), lm.name)
+        if "://" in ref or not ref.strip():
+            raise SaveError(
+                f"the LM of {name!r} is named {ref!r}, which cannot be saved as a reference; "
+                f"name it: save(path, lms={{'my-model': lm}})"
+            )
+        if ref in owners:
+            raise SaveError(
+                f"two different LMs ({owners[ref]!r} and {name!r}) are both named {ref!r}; "
+                "give them distinct names: save(path, lms={'small': lm1, 'big': lm2})"
+            )
+        refs[id(lm)], owners[ref] = ref, name
+    return refs
+
+
+def _grouped(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{"answer.instruction": v}`` as ``{"answer": {"instruction": v}}``."""
+    groups: dict[str, dict[str, Any]] = {}
+    for name, value in flat.items():
+        owner, _, slot = name.rpartition(".")
+        groups.setdefault(owner, {})[slot] = value
+    return groups
+
+
+def load(
+    graph: Graph, path: str | Path, *, strict: bool = True, lms: Mapping[str, LM] | None = None
+) -> None:
+    """Restore parameters saved by :func:`save` onto ``graph``; a failed load changes nothing.
 
     Raises:
         SaveError: The file is missing, too large, not JSON, has wrong types,
-            or (when ``strict``) was saved from a differently structured graph.
+            names LMs that cannot be resolved, or (when ``strict``) was saved
+            from a differently structured graph.
     """
     data = _read(Path(path))
-    saved_structure, parameters = _checked(data, path)
-    predictors = dict(graph.named_predictors())
-    if strict:
-        current = structure(graph)
-        if data["fingerprint"] != fingerprint(current):
-            raise SaveError(_mismatch(path, graph.name, saved_structure, current))
-    specs = saved_structure.get("predictors", {})
-    for p_path, state in parameters.items():
-        predictor = predictors.get(p_path)
-        if predictor is None or specs.get(p_path, predictor.signature.spec()) != (
-            predictor.signature.spec()
-        ):
-            continue  # only reachable when not strict: skip what no longer fits
-        predictor.load_state(state, path=p_path)
+    where = f"saved program {str(path)!r}"
+    saved_structure, groups, version = _checked(data, where)
+    current = structure(graph)
+    if strict and version == FORMAT and data["fingerprint"] != fingerprint(current):
+        raise SaveError(_mismatch(path, graph.name, saved_structure, current))
+    if strict and version == 1:
+        _check_old(where, graph.name, saved_structure, current)
+    slots = _params.named_slots(graph)
+    stale = _stale_owners(saved_structure, current) if not strict else set()
+    resolver = _Resolver(lms, slots)
+    values: dict[str, Any] = {}
+    for owner, state in groups.items():
+        for slot_name, raw in state.items():
+            name = join(owner, slot_name)
+            slot = slots.get(name)
+            if slot is None or owner in stale:
+                if strict:
+                    raise SaveError(f"{where} sets {name!r}, which graph {graph.name!r} lacks")
+                continue
+            values[name] = _decoded(where, name, slot, raw, resolver)
+    resolver.raise_missing(where)
+    _params.set_parameters(graph, values, label=graph.name)
+
+
+def _stale_owners(saved: Mapping[str, Any], now: Mapping[str, Any]) -> set[str]:
+    """Predictor paths whose signature changed since the file was saved."""
+    old, new = _as_dict(saved.get("predictors")), _as_dict(now.get("predictors"))
+    return {p for p in old if p in new and old[p] != new[p]}
+
+
+def _decoded(where: str, name: str, slot: Slot, raw: Any, resolver: _Resolver) -> Any:
+    """A saved value checked by its slot; an LM reference resolved to an LM."""
+    if slot.kind != "lm" or raw is None:
+        problem = slot.check(raw)
+        if problem is not None:
+            raise SaveError(f"{where}: 'parameters.{name}' {problem}")
+        return raw
+    if not isinstance(raw, str):
+        raise SaveError(f"{where}: 'parameters.{name}' must be an LM name (a string) or null")
+    return resolver.resolve(name, raw, slot.get())
+
+
+class _Resolver:
+    """LM reference names to LMs: those given to ``load(lms=...)``, then the graph's own by name.
+
+    Args:
+        given: The ``lms=`` mapping.
+        slots: The graph's slots, whose bound LMs resolve by ``name`` (a name
+            two of them share resolves to neither).
+    """
+
+    def __init__(self, given: Mapping[str, LM] | None, slots: Mapping[str, Slot]) -> None:
+        self.given = dict(given or {})
+        found: dict[str, LM] = {}
+        clashes: set[str] = set()
+        for slot in slots.values():
+            lm = slot.get() if slot.kind == "lm" else None
+            if lm is not None and found.setdefault(lm.name, lm) is not lm:
+                clashes.add(lm.name)
+        self.bound = {name: lm for name, lm in found.items() if name not in clashes}
+        self.missing: dict[str, str] = {}
+
+    def resolve(self, name: str, ref: str, current: Any) -> Any:
+        """The LM called ``ref``; when there is none, ``current`` (and ``ref`` is noted)."""
+        lm = self.given.get(ref) or self.bound.get(ref)
+        if lm is None:
+            self.missing[name] = ref
+            return current
+        return lm
+
+    def raise_missing(self, where: str) -> None:
+        """Fail, listing every reference that resolved to nothing and how to pass them."""
+        if not self.missing:
+            return
+        needed = sorted(set(self.missing.values()))
+        example = ", ".join(f"{n!r}: <LM>" for n in needed)
+        given = ", ".join(sorted(self.given)) or "none"
+        uses = ", ".join(f"{p} -> {r!r}" for p, r in self.missing.items())
+        raise SaveError(
+            f"{where} chooses LMs that are not given: {', '.join(map(repr, needed))} ({uses}); "
+            f"pass them by name: graph.load(path, lms={{{example}}}) (names given: {given})"
+        )
+
+
+def _check_old(where: str, name: str, saved: Mapping[str, Any], now: Mapping[str, Any]) -> None:
+    """A format-1 file (its fingerprint covers less) fits when its LM nodes and nodes still do."""
+    old, new = _as_dict(saved.get("predictors")), _as_dict(now.get("predictors"))
+    missing = [n for n in _as_dict(saved.get("nodes")) if n not in _as_dict(now.get("nodes"))]
+    if old == new and not missing:
+        return
+    lines = [f"node {n!r} is in the file but not in the graph" for n in missing]
+    lines += _differences({"predictors": old}, {"predictors": new})
+    body = "\n".join(f"  - {line}" for line in lines)
+    raise SaveError(
+        f"{where} was written by an older rhizome (file format 1) and does not fit graph "
+        f"{name!r}:\n{body}\nrebuild the graph as it was when saved, or load with "
+        "strict=False to restore what still fits; then save() again to write format 2"
+    )
 
 
 def _read(path: Path) -> Any:
@@ -160,10 +309,16 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"it holds {name}, which JSON does not allow")
 
 
-def _checked(data: Any, path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    where = f"saved program {str(path)!r}"
+def _checked(data: Any, where: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]], int]:
+    """The structure, the parameter groups and the format, after checking their shapes."""
     if not isinstance(data, dict):
         raise SaveError(f"{where} must hold a JSON object, found {type(data).__name__}")
+    version = data.get("format", 1)
+    if version not in (1, FORMAT) or isinstance(version, bool):
+        raise SaveError(
+            f"{where} has file format {version!r}; this rhizome reads formats 1 and {FORMAT} "
+            "(was it written by a newer rhizome? upgrade rhizome to load it)"
+        )
     for key, kind in (
         ("fingerprint", str),
         ("structure", dict),
@@ -173,19 +328,15 @@ def _checked(data: Any, path: str | Path) -> tuple[dict[str, Any], dict[str, dic
             raise SaveError(f"{where} has no {key!r} key; was it written by Graph.save()?")
         if not isinstance(data[key], kind):
             raise SaveError(f"{where}: {key!r} must be a {_json_name(kind)}")
-    for p_path, state in data["parameters"].items():
-        _check_state(where, p_path, state)
+    for owner, state in data["parameters"].items():
+        if not isinstance(state, dict):
+            raise SaveError(
+                f"{where}: 'parameters.{owner}' must be an object, got {type(state).__name__}"
+            )
     predictors = data["structure"].get("predictors", {})
     if not isinstance(predictors, dict):
         raise SaveError(f"{where}: 'structure.predictors' must be an object")
-    return data["structure"], data["parameters"]
-
-
-def _check_state(where: str, p_path: str, state: Any) -> None:
-    """Types and ranges of one predictor's saved slots, named by their parameter path."""
-    problem = state_problem(state, f"parameters.{p_path}")
-    if problem is not None:
-        raise SaveError(f"{where}: {problem}")
+    return data["structure"], data["parameters"], version
 
 
 def _json_name(kind: type) -> str:
@@ -201,7 +352,7 @@ def _mismatch(path: str | Path, name: str, saved: Mapping[str, Any], now: Mappin
     return (
         f"saved program {str(path)!r} does not fit graph {name!r}; the structure changed:\n"
         f"{body}\nrebuild the graph as it was when saved, or load with strict=False to restore "
-        "only the predictors whose path and signature still match"
+        "only the parameters whose path (and predictor signature) still match"
     )
 
 
@@ -215,7 +366,7 @@ def _differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
             if old[k] != new[k]:
                 what = "kind" if key == "nodes" else "signature"
                 lines.append(f"{noun} {k!r} changed {what}: {old[k]!r} -> {new[k]!r}")
-    for key in ("edges", "inputs", "outputs"):
+    for key in ("parameters", "edges", "inputs", "outputs"):
         old_set, new_set = set(_as_list(saved.get(key))), set(_as_list(now.get(key)))
         lines += [f"{key[:-1]} {e!r} was removed" for e in sorted(old_set - new_set)]
         lines += [f"{key[:-1]} {e!r} was added" for e in sorted(new_set - old_set)]

@@ -307,6 +307,12 @@ async def run_traced(
 ) -> Prediction:
     """Run ``plan`` as a top-level run, recording into ``trace``.
 
+    The door for callers that hold a graph's compiled plan
+    (:meth:`Graph.plan <rhizome.engine.graph.Graph.plan>`) and run it many
+    times or inside spans of their own: batches and :mod:`rhizome.telemetry`.
+    :meth:`Graph.run <rhizome.engine.graph.Graph.run>` is the same run plus the
+    hook that opens spans for a global OpenTelemetry tracer provider.
+
     Args:
         plan: The validated plan.
         values: Input values; fields the graph does not take are ignored.

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from rhizome.engine.errors import ConfigError
 from rhizome.engine.graph import Graph
@@ -35,9 +35,6 @@ from rhizome.engine.node import Node
 from rhizome.engine.scheduler import current_path
 from rhizome.engine.signature import Field
 from rhizome.engine.trace import current_trace
-
-if TYPE_CHECKING:
-    from rhizome.engine.predictor import Predictor
 
 
 class Loop(Node):
@@ -56,8 +53,8 @@ class Loop(Node):
         timeout: Seconds the whole loop may run, None for the run's default.
 
     Attributes:
-        body: The body graph; its predictors are this node's, under
-            ``<loop>.<inner path>``.
+        body: The body graph; its nodes' parameters are named
+            ``<loop>.<inner path>.<slot>``.
     """
 
     kind = "Loop"
@@ -144,9 +141,9 @@ class Loop(Node):
                 break
         return outputs
 
-    def named_predictors(self) -> Iterator[tuple[str, Predictor]]:
-        """The body's predictors under their paths inside it (``"query"``, ``"sub.answer"``)."""
-        yield from self.body.named_predictors()
+    def children(self) -> Iterator[tuple[str, Node]]:
+        """The body graph, sharing the loop's path: its nodes are ``<loop>.<node>``."""
+        yield "", self.body
 
     def __repr__(self) -> str:
         return f"Loop({self.body!r}, max_iters={self.max_iters})"

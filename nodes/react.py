@@ -14,33 +14,36 @@ Two protocols, one prompt:
 - *native*: the request also carries the tools (and ``finish``) as OpenAI
   function definitions, and a function call in the reply is the action.
 
-Both render the same ``step`` predictor (its tuned instruction and demos), log
-the call with the same fields, and read a reply in either form, so demos
-bootstrapped under one protocol serve the other. The trajectory (thought, tool,
-args, observation per step) is the node's ``trajectory`` output.
+Both make the ``step`` predictor's call through the one predictor call path
+(:func:`~rhizome.engine.calling.run_predictor`): the same tuned instruction and
+demos (or its ``demo_selector``), the same repair of an unreadable reply, retry
+of a reply cut by the token limit, and logged fields; and both read a reply in
+either form, so demos bootstrapped under one protocol serve the other. The
+trajectory (thought, tool, args, observation per step) is the node's
+``trajectory`` output.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from rhizome.engine.adapters import default_adapter, outputs_schema
-from rhizome.engine.context import resolve_lm, settings
+from rhizome.engine.adapters import outputs_schema
+from rhizome.engine.calling import ToolUse, run_predictor
+from rhizome.engine.context import resolve_lm
 from rhizome.engine.errors import ConfigError, ParseError
-from rhizome.engine.lm import LMRequest, LMResponse
 from rhizome.engine.node import Node
 from rhizome.engine.parsing import coerce_json, format_value
 from rhizome.engine.predictor import Predictor
 from rhizome.engine.signature import Field, Signature
-from rhizome.engine.trace import LMCall, current_record, log_call
+from rhizome.engine.trace import current_record
 from rhizome.tools.tool import Tool, tool
 
 if TYPE_CHECKING:
-    from rhizome.engine.lm import LM
+    from rhizome.engine.adapters import Adapter
+    from rhizome.engine.lm import LM, Choice
 
 FINISH = "finish"
 TRAJECTORY = "trajectory"
@@ -219,55 +222,24 @@ class ReAct(Node):
         return [_Action.of(out)]
 
     async def _native_step(self, inputs: dict[str, Any]) -> list[_Action]:
-        """One step with the tools in the request; a function call is the action."""
-        path = _path(self.step)
-        lm = resolve_lm(self.step.lm, node=path)
-        adapter = self.step.adapter or default_adapter(lm, self.step.signature)
-        prompt = adapter.render(self.step, inputs)
-        *head, last = prompt.messages
-        last = {**last, "content": f"{last['content']}\n\n{_NATIVE_NOTE}"}
-        request = LMRequest(
-            messages=(*head, last),
-            temperature=self.step.temperature,
-            max_tokens=self.step.max_tokens,
-            tools=(*(t.openai_schema() for t in self.tools.values()), self._finish_schema()),
-        )
-        call = LMCall(predictor=path, inputs=dict(inputs), messages=list(request.messages))
-        started = time.perf_counter()
-        try:
-            response = await lm.complete(request, sample=settings().sample)
-        except Exception as exc:
-            call.error, call.latency = f"{type(exc).__name__}: {exc}", time.perf_counter() - started
-            log_call(call)
-            raise
-        actions = self._read_native(response, adapter, call)
-        log_call(call)
-        return actions
+        """One step with the tools in the request; a function call is the action.
 
-    def _read_native(self, response: LMResponse, adapter: Any, call: LMCall) -> list[_Action]:
-        """The actions in a reply (function calls, else the text fields); fills ``call``."""
-        call.usage, call.cached, call.cost = response.usage, response.cached, response.cost
-        call.latency = response.latency
-        choice = response.choices[0] if response.choices else None
-        text = choice.text if choice is not None else ""
-        calls = choice.tool_calls if choice is not None else ()
-        call.reply = text
-        call.finish_reason = choice.finish_reason if choice is not None else None
-        if calls:
-            listed = [{"name": c.name, "arguments": c.arguments} for c in calls]
-            call.reply = (text + "\n" if text else "") + json.dumps({"tool_calls": listed})
-            thought = _thought_of(adapter, text)
-            actions = [_Action(thought, c.name, _decode_args(c.arguments)) for c in calls]
-            first = actions[0]
-            call.outputs = {"thought": thought, "tool_name": first.tool, "tool_args": first.args}
-            return actions
+        It is the ``step`` predictor's call like any other (demos, selector,
+        repair, logging); only the reply may be a function call instead of text.
+        """
+        offer = ToolUse(
+            tools=(*(t.openai_schema() for t in self.tools.values()), self._finish_schema()),
+            read=_call_outputs,
+            hint=_NATIVE_NOTE,
+        )
         try:
-            out = adapter.parse(self.step.signature, text)
+            (sample,) = await run_predictor(self.step, inputs, tools=offer)
         except ParseError as exc:
-            call.error = f"ParseError: {exc}"
             return [_Action.unreadable(exc)]
-        call.outputs = dict(out)
-        return [_Action.of(out)]
+        if not sample.tool_calls:
+            return [_Action.of(sample.outputs)]
+        thought = str(sample.outputs["thought"])
+        return [_Action(thought, c.name, _decode_args(c.arguments)) for c in sample.tool_calls]
 
     def _finish_schema(self) -> dict[str, Any]:
         return {
@@ -361,7 +333,17 @@ def _decode_args(arguments: str) -> Any:
         return arguments
 
 
-def _thought_of(adapter: Any, text: str) -> str:
+def _call_outputs(choice: Choice, adapter: Adapter) -> dict[str, Any]:
+    """The step's output fields for a reply that called tools (its first call)."""
+    first = choice.tool_calls[0]
+    return {
+        "thought": _thought_of(adapter, choice.text),
+        "tool_name": first.name,
+        "tool_args": _decode_args(first.arguments),
+    }
+
+
+def _thought_of(adapter: Adapter, text: str) -> str:
     """The thought in a reply that also made function calls (tagged or plain)."""
     if not text.strip():
         return ""

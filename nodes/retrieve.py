@@ -10,12 +10,13 @@ written to the node's trace record when the record has a ``details`` dict.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import anyio
 
 from rhizome.engine.errors import ConfigError
 from rhizome.engine.node import Node
+from rhizome.engine.params import Slot, count_problem
 from rhizome.engine.signature import Field
 from rhizome.engine.trace import current_record
 from rhizome.tools.retrievers import Passage, Retriever, check_k
@@ -52,7 +53,6 @@ class Retrieve(Node):
     """
 
     kind = "Retrieve"
-    tunable: ClassVar[tuple[str, ...]] = ("k",)
 
     def __init__(
         self,
@@ -86,6 +86,10 @@ class Retrieve(Node):
         names = [n for n in (self._query, exclude, output, ids_output) if n is not None]
         if len(set(names)) != len(names):
             raise ConfigError(f"Retrieve field names must differ; got {', '.join(names)}")
+
+    def parameter_slots(self) -> dict[str, Slot]:
+        """``k``, the number of passages (a whole number >= 1)."""
+        return {"k": Slot(self, "k", count_problem)}
 
     @property
     def inputs(self) -> Mapping[str, Field]:

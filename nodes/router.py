@@ -16,7 +16,7 @@ everything that needs only their outputs.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio.to_thread
@@ -165,11 +165,6 @@ class Router(Node):
         if self.predictor is None:
             raise ConfigError("this Router decides with a function and has no predictor")
         return self.predictor
-
-    def named_predictors(self) -> Iterator[tuple[str, Predictor]]:
-        """The decision's predictor, for LM routers."""
-        if self.predictor is not None:
-            yield self.predictor.role, self.predictor
 
     def __repr__(self) -> str:
         how = (

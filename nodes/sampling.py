@@ -87,12 +87,10 @@ class _Wrapped(Node):
             raise ConfigError(f"this {type(self).__name__} wraps a node, not a signature")
         return self.predictor
 
-    def named_predictors(self) -> Iterator[tuple[str, Predictor]]:
-        """The own predictor, or the wrapped node's predictors under their own roles."""
+    def children(self) -> Iterator[tuple[str, Node]]:
+        """The wrapped node, sharing this node's path (its predictors keep their roles)."""
         if self.node is not None:
-            yield from self.node.named_predictors()
-        elif self.predictor is not None:
-            yield self.predictor.role, self.predictor
+            yield "", self.node
 
     async def _run_once(
         self, inputs: Mapping[str, Any], sample: int, step: Node | Predictor | None = None

@@ -104,9 +104,13 @@ class BootstrapFewShot:
         self._recorder = RunRecorder.create(self.run_dir, kind="bootstrap", config=self._config())
         demos, used = await self._bootstrap(teacher, examples, paths)
         rest = [e for i, e in enumerate(examples) if i not in used]
-        for path, predictor in student.named_predictors():
-            labeled = labeled_demos(predictor, rest)
-            predictor.demos = demos[path] + labeled[: self.max_labeled_demos]
+        keep = self.max_labeled_demos
+        student.set_parameters(
+            {
+                f"{path}.demos": demos[path] + labeled_demos(predictor, rest)[:keep]
+                for path, predictor in student.named_predictors()
+            }
+        )
         if self._recorder is not None:
             self._recorder.write_program(student)
             self._recorder.finish(dataclasses.asdict(self.report))

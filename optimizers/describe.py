@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rhizome.engine.errors import ConfigError
+from rhizome.engine.walk import graphs, join, visits
 
 if TYPE_CHECKING:
     from rhizome.engine.graph import Graph
@@ -19,22 +20,20 @@ if TYPE_CHECKING:
     from rhizome.engine.signature import Field
 
 
-def describe_graph(graph: Graph, indent: str = "") -> str:
-    """The graph's nodes (kind and fields) and edges, nested graphs indented."""
-    from rhizome.engine.graph import Graph
-
-    lines = [
-        f"{indent}Program {graph.name!r}: inputs {_names(graph.inputs)} -> "
-        f"outputs {_names(graph.outputs)}"
-    ]
-    for name, node in graph.nodes.items():
-        lines.append(f"{indent}- node {name}: {node.describe()}")
-        if isinstance(node, Graph):
-            lines.append(describe_graph(node, indent + "    "))
-    for a, b, mappings, when in graph.edges:
-        fields = ", ".join(f"{a}.{x} -> {b}.{y}" for x, y in mappings) or f"{a} -> {b}"
-        cond = " (only when a condition holds)" if when is not None else ""
-        lines.append(f"{indent}- edge {fields}{cond}")
+def describe_graph(graph: Graph) -> str:
+    """The program's nodes at every depth (kind and fields, nested ones indented) and edges."""
+    ins, outs = _names(graph.inputs), _names(graph.outputs)
+    lines = [f"Program {graph.name!r}: inputs {ins} -> outputs {outs}"]
+    for visit in visits(graph):
+        if visit.depth:
+            indent = "    " * (visit.depth - 1)
+            lines.append(f"{indent}- node {visit.path}: {visit.node.describe()}")
+    for path, inner in graphs(graph):
+        for a, b, mappings, when in inner.edges:
+            a, b = join(path, a), join(path, b)
+            fields = ", ".join(f"{a}.{x} -> {b}.{y}" for x, y in mappings) or f"{a} -> {b}"
+            cond = " (only when a condition holds)" if when is not None else ""
+            lines.append(f"- edge {fields}{cond}")
     return "\n".join(lines)
 
 
@@ -43,21 +42,15 @@ def _names(fields: Mapping[str, Any]) -> str:
 
 
 def locate(graph: Graph, path: str) -> tuple[Graph, str, Node, str]:
-    """``(containing graph, node name, node, role)`` of a predictor path.
+    """``(graph wiring it, node name there, node, role)`` of the node owning a predictor path.
 
     Raises:
         ConfigError: No node of the graph owns that path.
     """
-    from rhizome.engine.graph import Graph
-
-    for name, node in graph.nodes.items():
-        if path == name:
-            return graph, name, node, ""
-        if path.startswith(name + "."):
-            rest = path[len(name) + 1 :]
-            if isinstance(node, Graph):
-                return locate(node, rest)
-            return graph, name, node, rest
+    for visit in visits(graph):
+        for role, _ in visit.node.own_predictors():
+            if join(visit.path, role) == path and visit.graph is not None:
+                return visit.graph, visit.name, visit.node, role
     paths = ", ".join(p for p, _ in graph.named_predictors()) or "none"
     raise ConfigError(f"graph {graph.name!r} has no LM node at {path!r}; its predictors: {paths}")
 

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rhizome.engine.errors import ConfigError
 from rhizome.engine.graph import Graph
 from rhizome.engine.node import Node
 from rhizome.engine.signature import Field
 from rhizome.engine.trace import jsonable
-
-if TYPE_CHECKING:
-    from rhizome.engine.predictor import Predictor
 
 Reducer = Callable[[list[dict[str, Any]]], Mapping[str, Any]]
 
@@ -69,9 +66,9 @@ class _Member(Node):
         except Exception:  # a failed member is out of the vote; its records hold the error
             return {}
 
-    def named_predictors(self) -> Iterator[tuple[str, Predictor]]:
-        """The program's predictors, under the member's name."""
-        yield from self.program.named_predictors()
+    def children(self) -> Iterator[tuple[str, Node]]:
+        """The program, sharing the member's path (``p0.answer``)."""
+        yield "", self.program
 
     def describe(self) -> str:
         """The wrapped program's description."""

@@ -110,7 +110,7 @@ class LLMJudge:
     ) -> list[tuple[bool, str]]:
         """``(verdict, rationale)`` for each sample (sample ``i`` uses sample index ``i``)."""
         inputs = self.judge_inputs(example, prediction)
-        plan = self.graph.validate()._validated()
+        plan = self.graph.plan()
         out = []
         for i in range(self.samples):
             trace = Trace()

@@ -165,12 +165,12 @@ class KNNFewShot:
         """
         examples = as_examples(trainset) if trainset is not None else self.trainset
         pools = await self._pools(graph, examples)
-        new = graph.copy()
+        new = graph.with_parameters({f"{path}.demos": [] for path in pools})
         for path, predictor in new.named_predictors():
             pool = pools[path]
             keys = self._keys(path, predictor, pool)
             vectors = await embed_texts(self.embedder, [demo_text(d, keys) for d in pool])
-            predictor.demos = []
+            # The selector is run-time machinery, not a parameter: shared by copies, never saved.
             predictor.demo_selector = DemoSelector(
                 pool,
                 keys=keys,

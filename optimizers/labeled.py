@@ -35,7 +35,9 @@ class LabeledFewShot:
         examples = as_examples(trainset)
         if self.seed is not None:
             examples = shuffled(examples, self.seed)
-        new = graph.copy()
-        for _, predictor in new.named_predictors():
-            predictor.demos = labeled_demos(predictor, examples)[: self.k]
-        return new
+        return graph.with_parameters(
+            {
+                f"{path}.demos": labeled_demos(predictor, examples)[: self.k]
+                for path, predictor in graph.named_predictors()
+            }
+        )

@@ -325,8 +325,7 @@ class COPRO:
                 else:
                     candidates = await self._improve(best, path, attempts[path], round_)
                 for text in candidates:
-                    trial = best.copy()
-                    dict(trial.named_predictors())[path].instruction = text
+                    trial = best.with_parameters({f"{path}.instruction": text})
                     score = await self._score(trial, valset, recorder, round_, path, text)
                     attempts[path].append((text, score))
                     if score > self.best_score:

@@ -202,7 +202,4 @@ class RandomSearch:
 
 
 async def _zero_shot(graph: Graph, trainset: Sequence[Example]) -> Graph:
-    new = graph.copy()
-    for _, predictor in new.named_predictors():
-        predictor.demos = []
-    return new
+    return graph.with_parameters({f"{path}.demos": [] for path, _ in graph.named_predictors()})

@@ -10,11 +10,10 @@ and a resumed search reuses it instead of paying to build it again.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,10 +26,8 @@ if TYPE_CHECKING:
     from rhizome.engine.example import Example
     from rhizome.engine.graph import Graph
     from rhizome.engine.lm import LM
-    from rhizome.engine.node import Node
     from rhizome.optimizers.metrics import Metric
 
-SLOTS = ("instruction", "demos", "temperature", "lm", "k")
 SPACE_FILE = "space.json"
 Demos = list[dict[str, Any]]
 
@@ -40,8 +37,10 @@ class Dimension:
     """The candidate values of one slot.
 
     Attributes:
-        path: The predictor path (``"answer"``, ``"agent.step"``) or, for ``k``, the node path.
-        slot: One of ``instruction``, ``demos``, ``temperature``, ``lm``, ``k``.
+        path: The path of the predictor or node owning the slot (``"answer"``,
+            ``"agent.step"``, ``"hops.search"``).
+        slot: The slot (``instruction``, ``demos``, ``temperature``, ``lm``, ``k``);
+            ``path.slot`` is a name of :meth:`Graph.named_parameters`.
         options: Candidate values; option 0 is the graph's own value. For ``lm``
             the values are indices into the search's ``lms`` (None keeps the node's LM).
         labels: A short description of each option, for logs and reports.
@@ -81,25 +80,20 @@ class SearchSpace:
         return dict.fromkeys(self.sizes, 0)
 
     def apply(self, graph: Graph, config: Mapping[str, int], *, lms: Sequence[LM] = ()) -> Graph:
-        """A copy of ``graph`` with each dimension set to its chosen option."""
-        new = graph.copy()
-        predictors = dict(new.named_predictors())
-        nodes = dict(walk_nodes(new))
+        """A copy of ``graph`` with each dimension set to its chosen option.
+
+        The choices go through :meth:`Graph.set_parameters`, the one door to
+        tunable state; an ``lm`` option of None keeps the node's own LM.
+        """
+        values: dict[str, Any] = {}
         for dim in self.dims:
             value = dim.options[config.get(dim.name, 0)]
-            if dim.slot == "k":
-                nodes[dim.path].k = value  # type: ignore[attr-defined]
-                continue
-            predictor = predictors[dim.path]
-            if dim.slot == "instruction":
-                predictor.instruction = str(value)
-            elif dim.slot == "demos":
-                predictor.demos = copy.deepcopy(list(value))
-            elif dim.slot == "temperature":
-                predictor.temperature = value
-            elif dim.slot == "lm" and value is not None:
-                predictor.lm = lms[value]
-        return new
+            if dim.slot == "lm":
+                if value is None:
+                    continue
+                value = lms[value]
+            values[dim.name] = value
+        return graph.with_parameters(values)
 
     def describe(self, config: Mapping[str, int]) -> dict[str, str]:
         """The label of each chosen option, by dimension name."""
@@ -141,9 +135,8 @@ class SearchSpace:
         return SearchSpace.from_json(json.loads(json.dumps(self.to_json())))
 
     def check_fits(self, graph: Graph) -> None:
-        """Raise ConfigError when the space names predictors or nodes the graph lacks."""
-        known = {p for p, _ in graph.named_predictors()} | {p for p, _ in walk_nodes(graph)}
-        missing = sorted({d.path for d in self.dims} - known)
+        """Raise ConfigError when the space names parameters the graph lacks."""
+        missing = sorted({d.name for d in self.dims} - set(graph.named_parameters()))
         if missing:
             raise ConfigError(
                 f"the saved search space names {missing}, which this graph does not have; "
@@ -194,26 +187,6 @@ def load_space(
     return space
 
 
-def walk_nodes(graph: Graph, prefix: str = "") -> Iterator[tuple[str, Node]]:
-    """Yield ``(path, node)`` for every node, descending into nested graphs."""
-    from rhizome.engine.graph import Graph
-
-    for name, node in graph.nodes.items():
-        path = f"{prefix}{name}"
-        yield path, node
-        if isinstance(node, Graph):
-            yield from walk_nodes(node, f"{path}.")
-
-
-def retrieval_nodes(graph: Graph) -> list[tuple[str, Node]]:
-    """Nodes with an integer ``k`` attribute (retrievers), by path."""
-    return [
-        (path, node)
-        for path, node in walk_nodes(graph)
-        if isinstance(getattr(node, "k", None), int) and not isinstance(node.k, bool)  # type: ignore[attr-defined]
-    ]
-
-
 def _dedupe(options: Sequence[tuple[str, Any]]) -> tuple[tuple[Any, ...], tuple[str, ...]]:
     values: list[Any] = []
     labels: list[str] = []
@@ -240,25 +213,26 @@ def scalar_dimensions(
     ks: Sequence[int] = (),
     lms: Sequence[LM] = (),
 ) -> list[Dimension]:
-    """Temperature and LM dimensions per predictor, ``k`` per retrieval node (when asked for)."""
+    """Temperature, LM and ``k`` dimensions for every such parameter (when asked for).
+
+    The parameters come from :meth:`Graph.named_parameters`, so a slot nested
+    anywhere (a retrieval node inside a loop body) is searched like any other.
+    """
     dims: list[Dimension] = []
-    for path, predictor in graph.named_predictors():
-        if temperatures:
-            opts = [(f"t={predictor.temperature}", predictor.temperature)]
-            dims.append(
-                dimension(path, "temperature", opts + [(f"t={t}", t) for t in temperatures])
-            )
-        if lms:
-            bound = predictor.lm.name if predictor.lm is not None else "run default"
-            opts = [(bound, None)] + [(lm.name, i) for i, lm in enumerate(lms)]
-            dims.append(dimension(path, "lm", opts))
-    if ks:
-        for path, node in retrieval_nodes(graph):
-            current = node.k  # type: ignore[attr-defined]
-            dims.append(
-                dimension(path, "k", [(f"k={current}", current)] + [(f"k={k}", k) for k in ks])
-            )
-    return dims
+    counts: list[Dimension] = []  # k dimensions go last, as the search has always ordered them
+    for name, current in graph.named_parameters().items():
+        path, _, slot = name.rpartition(".")
+        if slot == "temperature" and temperatures:
+            opts = [(f"t={current}", current)] + [(f"t={t}", t) for t in temperatures]
+            dims.append(dimension(path, slot, opts))
+        elif slot == "lm" and lms:
+            bound = current.name if current is not None else "run default"
+            choices = [(lm.name, i) for i, lm in enumerate(lms)]
+            dims.append(dimension(path, slot, [(bound, None), *choices]))
+        elif slot == "k" and ks:
+            choices = [(f"k={k}", k) for k in ks]
+            counts.append(dimension(path, slot, [(f"k={current}", current), *choices]))
+    return dims + counts
 
 
 async def demo_candidates(

@@ -139,7 +139,7 @@ class Telemetry:
             span is then marked as failed.
         """
         trace = trace if trace is not None else Trace()
-        plan = graph.validate()._validated()
+        plan = graph.plan()
         if self._tracer is None:
             return await run_traced(plan, inputs, trace=trace, lm=lm)
         models = request_models(graph, lm)

@@ -21,7 +21,7 @@ from rhizome.engine.errors import (
     LMStatusError,
     LMTimeoutError,
 )
-from rhizome.engine.lm import LM, Capabilities, LMRequest
+from rhizome.engine.lm import LM, LMRequest
 from rhizome.engine.usage import Prices
 from tests.server import OpenAIServer, Reply
 
@@ -83,19 +83,6 @@ async def test_n_samples_in_one_request(server: OpenAIServer, lm: OpenAILM) -> N
     assert [c.text for c in response.choices] == ["sample 0", "sample 1", "sample 2"]
     assert server.request_count == 1
     assert server.requests[0]["n"] == 3
-
-
-async def test_n_samples_as_separate_requests_without_server_support(
-    server: OpenAIServer,
-) -> None:
-    lm = make_lm(server, capabilities=Capabilities(n=False))
-    server.script(["a b", "c", "d"])
-    response = await lm.complete(ask(n=3))
-    await lm.aclose()
-    assert sorted(c.text for c in response.choices) == ["a b", "c", "d"]
-    assert server.request_count == 3
-    assert all("n" not in body for body in server.requests)
-    assert response.usage.completion_tokens == 4
 
 
 async def test_tool_calls_are_parsed(server: OpenAIServer, lm: OpenAILM) -> None:

@@ -74,9 +74,9 @@ async def test_none_from_an_optional_output_does_not_reach_a_str_input() -> None
 
 def test_edges_between_equal_types_need_no_conversion() -> None:
     g = Graph("g").add("a", Predict("q -> n: int")).add("b", FunctionNode(double, outputs=["m"]))
-    plan = g.connect("a", "b").validate()._validated()
+    plan = g.connect("a", "b").validate().plan()
     assert dict(plan.nodes["b"].converts) == {}
-    assert set(_text_to_int().validate()._validated().nodes["b"].converts) == {"n"}
+    assert set(_text_to_int().validate().plan().nodes["b"].converts) == {"n"}
 
 
 def test_what_can_never_fit_is_still_refused_when_wiring() -> None:

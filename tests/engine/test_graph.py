@@ -228,10 +228,10 @@ def test_when_must_be_callable() -> None:
 
 def test_validation_is_cached_and_mutation_invalidates() -> None:
     g = Graph("g").add("a", Predict("q -> x"))
-    plan = g._validated()
-    assert g._validated() is plan
+    plan = g.plan()
+    assert g.plan() is plan
     g.add("b", Predict("x -> y")).connect("a", "b")
-    assert g._validated() is not plan
+    assert g.plan() is not plan
     assert list(g.outputs) == ["y"]
 
 
@@ -251,7 +251,7 @@ def test_named_predictors_and_parameters_use_paths() -> None:
     assert paths == ["think", "sub.answer"]
     params = g.named_parameters()
     assert set(params) == {
-        f"{p}.{s}" for p in paths for s in ("instruction", "demos", "temperature")
+        f"{p}.{s}" for p in paths for s in ("instruction", "demos", "temperature", "lm")
     }
     assert params["sub.answer.demos"] == []
 

@@ -37,19 +37,26 @@ def test_assignment_is_checked_too() -> None:
 @pytest.mark.parametrize(
     ("state", "message"),
     [
-        ({"temperature": -0.1}, "'answer.temperature' must be between 0 and 2"),
-        ({"temperature": "hot"}, "'answer.temperature' must be a number or None, got str"),
-        ({"instruction": 5}, "'answer.instruction' must be a string, got int"),
-        ({"demos": ["not a dict"]}, "'answer.demos' must be a list of objects"),
-        ({"demos": {"q": "a"}}, "'answer.demos' must be a list of objects"),
+        ({"temperature": -0.1}, r"'parameters\.answer\.temperature' must be between 0 and 2"),
+        ({"temperature": "hot"}, "'parameters.answer.temperature' must be a number or None"),
+        ({"instruction": 5}, "'parameters.answer.instruction' must be a string, got int"),
+        ({"demos": ["not a dict"]}, "'parameters.answer.demos' must be a list of objects"),
+        ({"demos": {"q": "a"}}, "'parameters.answer.demos' must be a list of objects"),
+        ({"lm": 3}, "'parameters.answer.lm' must be an LM name"),
     ],
 )
-def test_load_state_checks_every_value_and_changes_nothing_on_error(
-    state: dict[str, Any], message: str
+def test_loading_checks_every_value_and_changes_nothing_on_error(
+    tmp_path: Path, state: dict[str, Any], message: str
 ) -> None:
-    p = Predictor("question -> answer", instruction="Keep me.", temperature=0.3)
+    path = tmp_path / "qa.json"
+    program().save(path)
+    data = json.loads(path.read_text())
+    data["parameters"]["answer"].update({"instruction": "Changed.", **state})
+    path.write_text(json.dumps(data))
+    graph = program().set_parameters({"answer.instruction": "Keep me.", "answer.temperature": 0.3})
     with pytest.raises(SaveError, match=message):
-        p.load_state({"instruction": "Changed.", **state}, path="answer")
+        graph.load(path)
+    p = graph.nodes["answer"].predictor  # type: ignore[attr-defined]
     assert (p.instruction, p.temperature, p.demos) == ("Keep me.", 0.3, [])
 
 

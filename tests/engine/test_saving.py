@@ -47,6 +47,7 @@ def test_file_is_readable_json(tmp_path: Path) -> None:
     tuned().save(path)
     data = json.loads(path.read_text())
     assert data["graph"] == "rag"
+    assert data["format"] == saving.FORMAT == 2
     assert data["rhizome_version"] == saving.rhizome_version()
     assert len(data["fingerprint"]) == 64
     assert data["structure"]["nodes"] == {
@@ -59,6 +60,7 @@ def test_file_is_readable_json(tmp_path: Path) -> None:
     assert data["structure"]["predictors"]["answer"] == "passages: list[str], question -> answer"
     assert "query -> search [query->query]" in data["structure"]["edges"]
     assert data["parameters"]["query"]["instruction"] == "Write a search query."
+    assert data["parameters"]["query"]["lm"] is None  # the run's default LM
     assert set(data["parameters"]) == {"query", "answer", "verify.check"}
 
 

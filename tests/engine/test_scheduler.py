@@ -149,7 +149,7 @@ async def _failure_trace(g: Graph) -> Any:
 
     trace = Trace()
     with pytest.raises(NodeError):
-        await run_traced(g._validated(), {"x": 1}, trace=trace)
+        await run_traced(g.plan(), {"x": 1}, trace=trace)
     return trace
 
 

@@ -322,3 +322,67 @@ async def test_text_protocol_forced_on_a_tool_capable_lm() -> None:
     with context(lm=lm):
         assert (await agent.forward(question="?"))["answer"] == "a"
     assert lm.requests[0].tools is None
+
+
+# ---------------------------------------------------------------- the one predictor call path
+
+
+async def test_native_step_uses_the_demo_selector() -> None:
+    lm = ToolCallLM(lambda r: call("finish", {"answer": "1"}))
+    agent = ReAct("question -> answer", tools=[lookup], protocol="native")
+    demo = {
+        "question": "Alan?",
+        "trajectory": "(no steps yet)",
+        "thought": "chosen by the selector",
+        "tool_name": "lookup",
+        "tool_args": {"name": "Alan"},
+    }
+    seen: list[dict[str, Any]] = []
+
+    def select(inputs: dict[str, Any]) -> list[dict[str, Any]]:
+        seen.append(inputs)
+        return [demo]
+
+    agent.step.demo_selector = select
+    with context(lm=lm):
+        out = await agent.forward(question="one?")
+    assert out["answer"] == "1"
+    assert seen[0]["question"] == "one?"
+    assert any("chosen by the selector" in str(m["content"]) for m in lm.requests[0].messages)
+
+
+async def test_native_step_repairs_a_reply_with_neither_call_nor_fields() -> None:
+    replies = iter([Choice(text="I am not sure."), call("finish", {"answer": "ok"})])
+    lm = ToolCallLM(lambda r: next(replies))
+    agent = ReAct("question -> answer", tools=[lookup], protocol="native")
+    g = Graph("g").add("agent", agent)
+    p = await g.run(question="?", lm=lm)
+    assert p["answer"] == "ok"
+    assert [s["tool"] for s in p["trajectory"]] == ["finish"]  # no unreadable step
+    assert p.trace is not None
+    first, repair = p.trace.lm_calls("agent.step")
+    assert first.error is not None
+    assert first.error.startswith("ParseError")
+    assert (repair.attempt, repair.repair) == (1, True)
+    assert repair.outputs["tool_name"] == "finish"
+    assert lm.requests[1].tools is not None
+    assert lm.requests[1].messages[-2] == {"role": "assistant", "content": "I am not sure."}
+
+
+async def test_native_step_asks_again_when_the_token_limit_cut_the_reply() -> None:
+    def script(request: LMRequest) -> Choice:
+        if request.max_tokens == 20:
+            return Choice(text="<thought>let me thi", finish_reason="length")
+        return call("finish", {"answer": "done"})
+
+    lm = ToolCallLM(script)
+    agent = ReAct("question -> answer", tools=[lookup], protocol="native")
+    agent.step.max_tokens = 20
+    g = Graph("g").add("agent", agent)
+    p = await g.run(question="?", lm=lm)
+    assert p["answer"] == "done"
+    assert [r.max_tokens for r in lm.requests] == [20, 40]
+    assert p.trace is not None
+    cut, longer = p.trace.lm_calls("agent.step")
+    assert cut.finish_reason == "length"
+    assert "max_tokens=40" in longer.note

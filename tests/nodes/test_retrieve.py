@@ -132,7 +132,7 @@ def test_k_is_a_tunable_attribute_and_copies_share_the_retriever(
     clone.k = 5
     assert (node.k, clone.k) == (2, 5)
     assert clone.retriever is node.retriever
-    assert "k" in Retrieve.tunable
+    assert "k" in node.parameter_slots()
 
 
 async def test_configuration_errors(rivers: InMemoryRetriever) -> None:
