@@ -56,6 +56,20 @@ from rhizome.engine.trace import jsonable
 if TYPE_CHECKING:
     from rhizome.engine.predictor import Predictor
 
+__all__ = (
+    "Adapter",
+    "JSONAdapter",
+    "Message",
+    "RenderedPrompt",
+    "TextAdapter",
+    "default_adapter",
+    "outputs_schema",
+    "reply_format",
+    "run_predictor",
+    "system_prompt",
+)
+
+
 Message = dict[str, Any]
 
 

@@ -10,8 +10,9 @@ limit, so batches nested inside optimizers never multiply the load on a server.
 With ``run_dir=...`` every finished result is also appended to
 ``run_dir/results.jsonl`` (see :mod:`rhizome.engine.journal`), and a batch
 started again on the same directory skips the examples already recorded:
-an interrupted batch resumes instead of starting over. Results read back from
-the journal hold JSON values and no trace (``resumed=True``).
+an interrupted batch resumes instead of starting over. Only successes count as
+done: failed examples run again on resume. Results read back from the journal
+hold JSON values and no trace (``resumed=True``).
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ if TYPE_CHECKING:
     from rhizome.engine.graph import Graph
     from rhizome.engine.lm import LM
     from rhizome.engine.wiring import Plan
+
+__all__ = ("BatchResult", "ExampleLike", "run_batch", "stream_batch")
+
 
 ExampleLike: TypeAlias = Example | Mapping[str, Any]
 Deliver: TypeAlias = Callable[["BatchResult"], Awaitable[None]]
@@ -268,7 +272,7 @@ def _resume(graph: Graph, items: list[ExampleLike], run_dir: RunDir) -> Iterator
                     "run_dir, or delete this one to start over"
                 )
             restored = _restored(row, items[index])
-            if restored is not None:
+            if restored is not None and restored.ok:  # failed examples run again
                 done.append(restored)
         finished = {r.index for r in done}
         todo = [(i, example) for i, example in enumerate(items) if i not in finished]

@@ -29,6 +29,9 @@ from pathlib import Path
 
 import platformdirs
 
+__all__ = ("ResponseCache", "default_cache", "default_cache_path")
+
+
 logger = logging.getLogger("rhizome.cache")
 
 _OFF = {"0", "false", "no", "off"}

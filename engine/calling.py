@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from rhizome.engine.adapters import Adapter, RenderedPrompt
     from rhizome.engine.predictor import Predictor
 
+__all__ = ("Sample", "ToolUse", "run_predictor")
+
 
 LENGTH_RETRY_FACTOR = 2
 """A reply cut by its token limit is asked for once more with this many times the limit."""

@@ -35,6 +35,7 @@ shared adaptive limiter in :mod:`rhizome.engine.connections`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -58,7 +59,8 @@ from rhizome.engine.errors import (
     LMTimeoutError,
 )
 from rhizome.engine.lm import Capabilities, HistoryEntry, LMRequest, LMResponse
-from rhizome.engine.retry import Failure, backoff_wait, status_failure
+from rhizome.engine.options import grouped
+from rhizome.engine.retry import Failure, RetryPolicy, backoff_wait, status_failure
 from rhizome.engine.usage import Prices, UsageTracker
 from rhizome.engine.wire import ChatCompletion as ChatCompletion
 from rhizome.engine.wire import ChatRequest as ChatRequest
@@ -76,9 +78,85 @@ from rhizome.engine.wire import (
     request_body,
 )
 
+__all__ = (
+    "HISTORY_SIZE",
+    "USER_AGENT",
+    "ChatCompletion",
+    "ChatRequest",
+    "Limits",
+    "OpenAILM",
+    "RequestDefaults",
+    "RetryPolicy",
+    "WireChoice",
+    "WireFunction",
+    "WireMessage",
+    "WireToolCall",
+    "WireUsage",
+)
+
 logger = logging.getLogger("rhizome.client")
 
 HISTORY_SIZE = 1000
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Limits:
+    """How much a client asks of its server at once: ``OpenAILM(limits=Limits(...))``.
+
+    Attributes:
+        max_concurrency: Requests in flight at once, shared by every caller.
+        timeout: Seconds allowed for connecting, sending and each read.
+
+    Raises:
+        ConfigError: ``max_concurrency`` is below 1 or ``timeout`` not positive.
+    """
+
+    max_concurrency: int = 32
+    timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        concurrency, timeout = self.max_concurrency, self.timeout
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int):
+            raise ConfigError(f"Limits(max_concurrency={concurrency!r}) must be an int")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise ConfigError(f"Limits(timeout={timeout!r}) must be a number of seconds")
+        if concurrency < 1:
+            raise ConfigError(f"max_concurrency must be at least 1, got {concurrency}")
+        if timeout <= 0:
+            raise ConfigError(f"timeout must be positive seconds, got {timeout}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class RequestDefaults:
+    """Values for requests that set none: ``OpenAILM(defaults=RequestDefaults(...))``.
+
+    Attributes:
+        temperature: Sampling temperature (None: the server's default).
+        max_tokens: Completion limit (None: the server's default).
+
+    Raises:
+        ConfigError: ``temperature`` is negative or ``max_tokens`` below 1.
+    """
+
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        temperature, max_tokens = self.temperature, self.max_tokens
+        if temperature is not None and (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float))
+            or temperature < 0
+        ):
+            raise ConfigError(
+                f"RequestDefaults(temperature={temperature!r}) must be a number >= 0 or None"
+            )
+        if max_tokens is not None and (
+            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+        ):
+            raise ConfigError(
+                f"RequestDefaults(max_tokens={max_tokens!r}) must be an int >= 1 or None"
+            )
 
 
 class OpenAILM:
@@ -89,9 +167,18 @@ class OpenAILM:
         base_url: The API root, e.g. ``"https://api.openai.com/v1"``.
         api_key_env: Environment variable holding the API key.
         api_key: The key itself (overrides ``api_key_env``); no key sends no header.
-        max_concurrency: Requests in flight at once, shared by every caller.
-        timeout: Seconds allowed for connecting, sending and each read.
-        max_retries: Retries after a failed attempt that may pass on retry.
+        retry: The retry policy, as a group (default ``RetryPolicy()``: 5 retries,
+            0.5 s first wait, 30 s cap); or give its flat keywords below.
+        limits: Concurrency and timeout, as a group (default ``Limits()``: 32
+            requests at once, 60 s); or give its flat keywords below.
+        defaults: Temperature and completion limit of requests that set none,
+            as a group; or give its flat keywords below.
+        max_concurrency: Requests in flight at once, shared by every caller
+            (``Limits.max_concurrency``; default 32).
+        timeout: Seconds allowed for connecting, sending and each read
+            (``Limits.timeout``; default 60).
+        max_retries: Retries after a failed attempt that may pass on retry
+            (``RetryPolicy.max_retries``; default 5).
         temperature: Default sampling temperature when a request sets none.
         max_tokens: Default completion limit when a request sets none.
         cache: ``"default"`` (the user cache file, unless ``RHIZOME_CACHE=0``),
@@ -99,12 +186,18 @@ class OpenAILM:
         capabilities: What the server supports; default JSON schema, tools and n.
         prices: Token prices, to report cost.
         headers: Extra HTTP headers sent with every request.
-        backoff: Seconds of the first retry wait (doubling, with jitter).
-        max_wait: Cap in seconds on any retry wait, ``Retry-After`` included.
+        backoff: Seconds of the first retry wait (doubling, with jitter;
+            ``RetryPolicy.backoff``; default 0.5).
+        max_wait: Cap in seconds on any retry wait, ``Retry-After`` included
+            (``RetryPolicy.max_wait``; default 30).
         transport: An httpx transport to use instead of real connections.
         cache_namespace: What identifies the server in cache keys; defaults to
             ``base_url``. Servers on a changing port (the embedded model) pass a
             stable name so cached replies survive restarts.
+
+    Raises:
+        ConfigError: A value is out of range, or a group is given together
+            with one of its flat keywords (``retry=`` and ``max_retries=``).
     """
 
     def __init__(
@@ -114,21 +207,46 @@ class OpenAILM:
         base_url: str,
         api_key_env: str = "OPENAI_API_KEY",
         api_key: str | None = None,
-        max_concurrency: int = 32,
-        timeout: float = 60.0,
-        max_retries: int = 5,
+        retry: RetryPolicy | None = None,
+        limits: Limits | None = None,
+        defaults: RequestDefaults | None = None,
+        max_concurrency: int | None = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
         cache: ResponseCache | Literal["default"] | None = "default",
         capabilities: Capabilities | None = None,
         prices: Prices | None = None,
         headers: Mapping[str, str] | None = None,
-        backoff: float = 0.5,
-        max_wait: float = 30.0,
+        backoff: float | None = None,
+        max_wait: float | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         cache_namespace: str | None = None,
     ) -> None:
-        _check_config(model, base_url, max_concurrency, timeout, max_retries, backoff, max_wait)
+        _check_target(model, base_url)
+        limits = grouped(
+            "OpenAILM",
+            "limits",
+            limits,
+            Limits(),
+            {"max_concurrency": max_concurrency, "timeout": timeout},
+        )
+        retry = grouped(
+            "OpenAILM",
+            "retry",
+            retry,
+            RetryPolicy(),
+            {"max_retries": max_retries, "backoff": backoff, "max_wait": max_wait},
+        )
+        defaults = grouped(
+            "OpenAILM",
+            "defaults",
+            defaults,
+            RequestDefaults(),
+            {"temperature": temperature, "max_tokens": max_tokens},
+        )
+        self._retry, self._limits, self._defaults = retry, limits, defaults
         self._model = model
         self._base_url = base_url.rstrip("/")
         self._url = self._base_url + "/chat/completions"
@@ -142,22 +260,23 @@ class OpenAILM:
         self._conns = Connections(
             self._url,
             headers=self._headers,
-            timeout=timeout,
-            max_concurrency=max_concurrency,
+            timeout=limits.timeout,
+            max_concurrency=limits.max_concurrency,
             transport=transport,
         )
         self._origin = self._conns.origin
         self._head = self._conns.head
-        self._max_concurrency = max_concurrency
-        self._timeout = timeout
-        self._max_retries = max_retries
-        self._temperature = temperature
-        self._max_tokens = max_tokens
+        # The hot path reads these plain attributes, resolved once, not the groups.
+        self._max_concurrency = limits.max_concurrency
+        self._timeout = limits.timeout
+        self._max_retries = retry.max_retries
+        self._temperature = defaults.temperature
+        self._max_tokens = defaults.max_tokens
         self._cache = _resolve_cache(cache)
         self._caps = capabilities or Capabilities(json_schema=True, tools=True, n=True)
         self._prices = prices
-        self._backoff = backoff
-        self._max_wait = max_wait
+        self._backoff = retry.backoff
+        self._max_wait = retry.max_wait
         self._cache_namespace = cache_namespace or self._base_url
         self.usage = UsageTracker()
         self._history: deque[HistoryEntry] = deque(maxlen=HISTORY_SIZE)
@@ -183,6 +302,21 @@ class OpenAILM:
     def max_tokens(self) -> int | None:
         """The completion limit of requests that set none (None: the server's default)."""
         return self._max_tokens
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The retry policy (read-only; build a new client to change it)."""
+        return self._retry
+
+    @property
+    def limits(self) -> Limits:
+        """The concurrency cap and timeout (read-only)."""
+        return self._limits
+
+    @property
+    def defaults(self) -> RequestDefaults:
+        """Temperature and completion limit of requests that set none (read-only)."""
+        return self._defaults
 
     @property
     def cache(self) -> ResponseCache | None:
@@ -369,30 +503,13 @@ class OpenAILM:
 # ---- helpers ----------------------------------------------------------------------
 
 
-def _check_config(
-    model: str,
-    base_url: str,
-    max_concurrency: int,
-    timeout: float,
-    max_retries: int,
-    backoff: float,
-    max_wait: float,
-) -> None:
+def _check_target(model: str, base_url: str) -> None:
     if not isinstance(model, str) or not model:
         raise ConfigError(f"model must be a non-empty string, got {model!r}")
     if not base_url.startswith(("http://", "https://")):
         raise ConfigError(
             f"base_url must start with http:// or https://, got {base_url!r} "
             "(e.g. 'https://api.openai.com/v1' or 'http://localhost:8000/v1')"
-        )
-    if max_concurrency < 1:
-        raise ConfigError(f"max_concurrency must be at least 1, got {max_concurrency}")
-    if timeout <= 0:
-        raise ConfigError(f"timeout must be positive seconds, got {timeout}")
-    if max_retries < 0 or backoff < 0 or max_wait < 0:
-        raise ConfigError(
-            "max_retries, backoff and max_wait must not be negative; got "
-            f"max_retries={max_retries}, backoff={backoff}, max_wait={max_wait}"
         )
 
 

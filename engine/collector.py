@@ -32,6 +32,9 @@ import gc
 import threading
 from collections.abc import Iterator
 
+__all__ = ("calm_collector",)
+
+
 _GEN0_THRESHOLD = 10_000
 
 

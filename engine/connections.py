@@ -32,6 +32,19 @@ import httpx
 from rhizome.engine.errors import ConfigError
 from rhizome.engine.http import HttpPool, Origin
 
+__all__ = (
+    "USER_AGENT",
+    "Closeable",
+    "Connections",
+    "LoopState",
+    "SharedLimiter",
+    "close_now",
+    "close_with_loop",
+    "proxied",
+    "request_head",
+)
+
+
 USER_AGENT = "rhizome/0.1"
 
 

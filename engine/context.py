@@ -19,6 +19,8 @@ from rhizome.engine.errors import ConfigError
 if TYPE_CHECKING:
     from rhizome.engine.lm import LM
 
+__all__ = ("RunSettings", "context", "pop_settings", "push_lm", "resolve_lm", "settings")
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunSettings:

@@ -23,6 +23,23 @@ from __future__ import annotations
 
 from typing import Any
 
+__all__ = (
+    "ConfigError",
+    "GraphError",
+    "LMConnectionError",
+    "LMError",
+    "LMReplyError",
+    "LMStatusError",
+    "LMTimeoutError",
+    "NodeError",
+    "NodeTimeoutError",
+    "ParseError",
+    "RhizomeError",
+    "SaveError",
+    "SignatureError",
+    "describe",
+)
+
 
 class RhizomeError(Exception):
     """Base class of every error rhizome raises on purpose."""

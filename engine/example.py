@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rhizome.engine.trace import Trace
 
+__all__ = ("Example", "Prediction")
+
 
 class Example(Mapping[str, Any]):
     """A read-only record of named fields, with optional tags for slicing scores.

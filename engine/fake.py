@@ -16,6 +16,9 @@ import anyio
 from rhizome.engine.lm import Capabilities, Choice, HistoryEntry, LMRequest, LMResponse, Usage
 from rhizome.engine.usage import UsageTracker
 
+__all__ = ("FakeLM", "Responder")
+
+
 Responder = Callable[[LMRequest, int], str]
 
 

@@ -56,6 +56,9 @@ if TYPE_CHECKING:
     from rhizome.engine.example import Example, Prediction
     from rhizome.engine.lm import LM
 
+__all__ = ("Graph",)
+
+
 Declared = Iterable[str] | Mapping[str, Any] | None
 
 

@@ -38,6 +38,9 @@ from collections.abc import Iterator
 import httptools
 import httpx
 
+__all__ = ("HttpPool", "Origin", "RawResponse")
+
+
 Headers = list[tuple[bytes, bytes]]
 
 

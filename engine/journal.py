@@ -4,7 +4,9 @@
 example to ``runs/dev/results.jsonl`` and flushes it at once, so a run killed at
 any moment (Ctrl-C, a crash, ``kill -9``) leaves every finished result on disk.
 Started again on the same directory, the batch reads the journal back and runs
-only the examples it does not hold.
+only the examples it does not hold a success for (failed examples run again).
+:class:`~rhizome.optimizers.evaluate.Evaluate` and ``rhizome batch`` resume
+through the same journal, so the rules below hold for every entry point.
 
 The directory also holds ``batch.json``, naming the program (a fingerprint of
 the graph's structure and tunable parameters) the results came from: resuming
@@ -27,6 +29,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from rhizome.engine.errors import ConfigError
+
+__all__ = ("META_FILE", "RESULTS_FILE", "Journal")
+
 
 logger = logging.getLogger("rhizome.batch")
 

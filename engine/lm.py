@@ -13,6 +13,17 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
+__all__ = (
+    "LM",
+    "Capabilities",
+    "Choice",
+    "HistoryEntry",
+    "LMRequest",
+    "LMResponse",
+    "ToolCall",
+    "Usage",
+)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ToolCall:

@@ -15,6 +15,9 @@ from rhizome.engine.walk import graphs, visits
 if TYPE_CHECKING:
     from rhizome.engine.graph import Graph
 
+__all__ = ("to_mermaid",)
+
+
 # Node ids all start with "n_", so these never collide with a node's id.
 _INPUTS = "graph_inputs"
 _OUTPUTS = "graph_outputs"

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from rhizome.engine.predictor import Predictor
     from rhizome.engine.signature import Field
 
+__all__ = ("Node",)
+
 
 class Node:
     """Base class of every node kind.

@@ -27,6 +27,20 @@ from rhizome.engine.walk import join, walk
 if TYPE_CHECKING:
     from rhizome.engine.node import Node
 
+__all__ = (
+    "Slot",
+    "count_problem",
+    "demos_problem",
+    "json_parameters",
+    "lm_problem",
+    "named_parameters",
+    "named_slots",
+    "set_parameters",
+    "text_problem",
+    "unknown",
+)
+
+
 Check = Callable[[Any], "str | None"]
 
 

@@ -28,6 +28,24 @@ from rhizome.engine.errors import ParseError
 from rhizome.engine.signature import Field, enum_values, is_structured, type_name
 from rhizome.engine.trace import jsonable
 
+__all__ = (
+    "coerce_json",
+    "coerce_text",
+    "describe_type",
+    "extract_json_object",
+    "extract_tagged",
+    "format_input",
+    "format_value",
+    "is_optional",
+    "json_schema",
+    "match_choice",
+    "parse_json",
+    "parse_tagged",
+    "split_optional",
+    "strip_fence",
+)
+
+
 _NULLS = frozenset({"", "null", "none"})
 _TRUE = frozenset({"true", "yes", "1"})
 _FALSE = frozenset({"false", "no", "0"})

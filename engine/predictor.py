@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from rhizome.engine.adapters import Adapter
     from rhizome.engine.lm import LM
 
+__all__ = ("Predictor", "temperature_problem")
+
+
 DemoSelector = Callable[[dict[str, Any]], "Awaitable[list[dict[str, Any]]] | list[dict[str, Any]]"]
 
 TEMPERATURE_RANGE = (0.0, 2.0)

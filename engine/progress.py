@@ -10,6 +10,8 @@ import sys
 import time
 from typing import TextIO
 
+__all__ = ("Progress",)
+
 
 class Progress:
     """Count finished items and show count/total, rate, ETA and failures.

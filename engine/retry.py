@@ -18,8 +18,18 @@ import time
 
 import httpx
 
-from rhizome.engine.errors import LMError, LMStatusError
+from rhizome.engine.errors import ConfigError, LMError, LMStatusError
 from rhizome.engine.wire import error_detail
+
+__all__ = (
+    "HINTS",
+    "RETRY_STATUS",
+    "Failure",
+    "RetryPolicy",
+    "backoff_wait",
+    "retry_after",
+    "status_failure",
+)
 
 RETRY_STATUS = frozenset({408, 409, 429})
 HINTS = {
@@ -30,6 +40,38 @@ HINTS = {
     422: "the server could not process the request body; check the options used",
     429: "rate limited; lower max_concurrency or raise max_retries",
 }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class RetryPolicy:
+    """How a client retries failures that may pass: ``OpenAILM(retry=RetryPolicy(...))``.
+
+    Attributes:
+        max_retries: Retries after a failed attempt that may pass on retry (0: none).
+        backoff: Seconds of the first retry wait (doubling, with jitter).
+        max_wait: Cap in seconds on any retry wait, ``Retry-After`` included.
+
+    Raises:
+        ConfigError: A value is negative or not a number.
+    """
+
+    max_retries: int = 5
+    backoff: float = 0.5
+    max_wait: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_retries", "backoff", "max_wait"):
+            value = getattr(self, name)
+            number = int if name == "max_retries" else (int, float)
+            if isinstance(value, bool) or not isinstance(value, number):
+                kind = "an int" if name == "max_retries" else "a number of seconds"
+                raise ConfigError(f"RetryPolicy({name}={value!r}) must be {kind}")
+        if self.max_retries < 0 or self.backoff < 0 or self.max_wait < 0:
+            raise ConfigError(
+                "max_retries, backoff and max_wait must not be negative; got "
+                f"max_retries={self.max_retries}, backoff={self.backoff}, "
+                f"max_wait={self.max_wait}"
+            )
 
 
 @dataclasses.dataclass(slots=True)

@@ -46,6 +46,9 @@ if TYPE_CHECKING:
     from rhizome.engine.lm import LM
     from rhizome.engine.params import Slot
 
+__all__ = ("FORMAT", "MAX_BYTES", "fingerprint", "load", "rhizome_version", "save", "structure")
+
+
 MAX_BYTES = 50 * 1024 * 1024
 FORMAT = 2
 """The saved-file format written by :func:`save`; format 1 files are read too."""

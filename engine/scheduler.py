@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from rhizome.engine.lm import LM
     from rhizome.engine.wiring import NodePlan, Plan, Source
 
+__all__ = ("check_inputs", "current_path", "execute", "run_traced")
+
+
 _PATH: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "rhizome_node_path", default=None
 )

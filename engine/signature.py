@@ -33,6 +33,19 @@ import pydantic
 from rhizome.engine.errors import SignatureError
 from rhizome.engine.typecheck import convert
 
+__all__ = (
+    "Field",
+    "InputField",
+    "OutputField",
+    "Signature",
+    "enum_values",
+    "is_scalar_text",
+    "is_structured",
+    "parse_type",
+    "type_name",
+)
+
+
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _BUILTIN_TYPES: dict[str, Any] = {
     "str": str,

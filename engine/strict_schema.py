@@ -31,7 +31,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["MAX_DEPTH", "NotStrict", "strict_schema", "why_not_strict"]
+__all__ = ("MAX_DEPTH", "NotStrict", "strict_schema", "why_not_strict")
 
 MAX_DEPTH = 10
 """Nesting levels strict mode allows."""

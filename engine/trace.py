@@ -18,6 +18,22 @@ from typing import Any
 
 from rhizome.engine.lm import Usage
 
+__all__ = (
+    "LMCall",
+    "NodeRecord",
+    "Trace",
+    "close_record",
+    "current_record",
+    "current_trace",
+    "jsonable",
+    "log_call",
+    "node_record",
+    "open_record",
+    "recording",
+    "start_recording",
+    "stop_recording",
+)
+
 
 @dataclasses.dataclass(kw_only=True)
 class LMCall:

@@ -38,6 +38,9 @@ from typing import Any, Literal
 
 import pydantic
 
+__all__ = ("compatible", "convert", "needs_conversion", "value_adapter")
+
+
 _SCALARS = (str, int, float, bool, bytes, type(None))
 
 

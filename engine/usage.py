@@ -14,6 +14,8 @@ import threading
 from rhizome.engine.errors import ConfigError
 from rhizome.engine.lm import Usage
 
+__all__ = ("Prices", "UsageTracker")
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Prices:

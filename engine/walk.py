@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from rhizome.engine.graph import Graph
     from rhizome.engine.node import Node
 
+__all__ = ("Visit", "graphs", "join", "visits", "walk")
+
 
 @dataclasses.dataclass(frozen=True)
 class Visit:

@@ -19,6 +19,23 @@ from pydantic import BaseModel, ConfigDict
 from rhizome.engine.errors import ConfigError
 from rhizome.engine.lm import Choice, LMRequest, LMResponse, ToolCall, Usage
 
+__all__ = (
+    "ChatCompletion",
+    "ChatRequest",
+    "WireChoice",
+    "WireFunction",
+    "WireMessage",
+    "WireToolCall",
+    "WireUsage",
+    "decode_cached",
+    "dumps",
+    "encode_cached",
+    "error_detail",
+    "fast_parse",
+    "read_completion",
+    "request_body",
+)
+
 
 class ChatRequest(BaseModel):
     """The body of a chat-completion request as sent; unset options are left out.

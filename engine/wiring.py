@@ -34,6 +34,20 @@ if TYPE_CHECKING:
     from rhizome.engine.node import Node
     from rhizome.engine.signature import Field
 
+__all__ = (
+    "Condition",
+    "NodePlan",
+    "Plan",
+    "Source",
+    "build_plan",
+    "check_types",
+    "field_error",
+    "node_of",
+    "optional_inputs",
+    "unknown_node",
+)
+
+
 Condition = Callable[[dict[str, Any]], bool]
 
 

@@ -1,1 +1,3 @@
 """Node kinds: LM reasoning patterns, retrieval, tools, functions, routers and loops."""
+
+__all__: tuple[str, ...] = ()

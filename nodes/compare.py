@@ -21,6 +21,9 @@ from rhizome.engine.trace import jsonable
 if TYPE_CHECKING:
     from rhizome.engine.lm import LM
 
+__all__ = ("MultiChainComparison", "field_lines", "format_attempt")
+
+
 ATTEMPTS = "attempts"
 RATIONALE = "rationale"
 REASONING = "reasoning"

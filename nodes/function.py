@@ -27,6 +27,9 @@ from rhizome.engine.errors import GraphError
 from rhizome.engine.node import Node
 from rhizome.engine.signature import Field
 
+__all__ = ("FunctionNode",)
+
+
 Declared = Iterable[str] | Mapping[str, Any] | str | None
 
 

@@ -36,6 +36,8 @@ from rhizome.engine.scheduler import current_path
 from rhizome.engine.signature import Field
 from rhizome.engine.trace import current_trace
 
+__all__ = ("Loop",)
+
 
 class Loop(Node):
     """Run a body graph up to ``max_iters`` times, feeding outputs forward.

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from rhizome.engine.lm import LM
     from rhizome.engine.signature import Field
 
+__all__ = ("REASONING_DESC", "ChainOfThought", "Predict")
+
+
 REASONING_DESC = "Think step by step to work out the answer; write your reasoning here."
 
 

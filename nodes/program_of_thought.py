@@ -25,6 +25,9 @@ from rhizome.tools.sandbox import PythonSandbox
 if TYPE_CHECKING:
     from rhizome.engine.lm import LM
 
+__all__ = ("ProgramError", "ProgramOfThought")
+
+
 CODE = "code"
 _CODE_DESC = "a complete Python program (standard library only) that prints the answer"
 _RULES = (

@@ -45,6 +45,9 @@ if TYPE_CHECKING:
     from rhizome.engine.adapters import Adapter
     from rhizome.engine.lm import LM, Choice
 
+__all__ = ("ReAct", "format_trajectory")
+
+
 FINISH = "finish"
 TRAJECTORY = "trajectory"
 Protocol = Literal["auto", "native", "text"]

@@ -21,6 +21,9 @@ from rhizome.engine.signature import Field
 from rhizome.engine.trace import current_record
 from rhizome.tools.retrievers import Passage, Retriever, check_k
 
+__all__ = ("Retrieve",)
+
+
 _MAX_ROUNDS = 3  # searches per query when duplicates eat into the k wanted
 
 

@@ -29,6 +29,9 @@ from rhizome.engine.signature import Field, Signature
 if TYPE_CHECKING:
     from rhizome.engine.lm import LM
 
+__all__ = ("RouteIs", "Router", "route_to")
+
+
 ROUTE = "route"
 ROUTE_DESC = "the name of the branch to take"
 

@@ -33,6 +33,9 @@ from rhizome.nodes.predict import Predict
 if TYPE_CHECKING:
     from rhizome.engine.lm import LM
 
+__all__ = ("BestOfN", "Refine", "RefineError")
+
+
 Target: TypeAlias = Node | str | Signature | type[Signature]
 Reward = Callable[[dict[str, Any], dict[str, Any]], float | Awaitable[float]]
 Check = Callable[[dict[str, Any], dict[str, Any]], Any]

@@ -19,6 +19,16 @@ if TYPE_CHECKING:
     from rhizome.engine.predictor import Predictor
     from rhizome.engine.trace import Trace
 
+__all__ = (
+    "Optimizer",
+    "as_examples",
+    "check_same_shape",
+    "demos_from_trace",
+    "labeled_demo",
+    "labeled_demos",
+    "shuffled",
+)
+
 
 class Optimizer(Protocol):
     """Anything with ``async optimize(graph, trainset) -> Graph``."""

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from rhizome.engine.graph import Graph
     from rhizome.engine.lm import LM
 
+__all__ = ("BootstrapFewShot", "BootstrapReport")
+
 
 @dataclasses.dataclass(kw_only=True)
 class BootstrapReport:

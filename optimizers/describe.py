@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from rhizome.engine.node import Node
     from rhizome.engine.signature import Field
 
+__all__ = ("describe_data", "describe_graph", "describe_node", "locate")
+
 
 def describe_graph(graph: Graph) -> str:
     """The program's nodes at every depth (kind and fields, nested ones indented) and edges."""

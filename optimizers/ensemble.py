@@ -19,6 +19,9 @@ from rhizome.engine.node import Node
 from rhizome.engine.signature import Field
 from rhizome.engine.trace import jsonable
 
+__all__ = ("Ensemble", "majority")
+
+
 Reducer = Callable[[list[dict[str, Any]]], Mapping[str, Any]]
 
 

@@ -2,7 +2,8 @@
 
 A failed example (bad input, LM error, parse error) scores 0 and is reported;
 it never stops the evaluation. The aggregate comes with a 95% confidence
-interval, and scores are sliced by the examples' tags.
+interval, and scores are sliced by the examples' tags. With ``run_dir`` an
+evaluation resumes through the one batch journal (:mod:`rhizome.engine.journal`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,20 @@ if TYPE_CHECKING:
     from rhizome.engine.graph import Graph
     from rhizome.engine.lm import LM
     from rhizome.engine.trace import Trace
+
+__all__ = (
+    "JOURNAL_DIR",
+    "Evaluate",
+    "EvaluationResult",
+    "ExampleResult",
+    "ScoringSettings",
+    "confidence_interval",
+    "score_candidate",
+)
+
+
+JOURNAL_DIR = "journal"
+"""The folder of an evaluation's run directory holding its batch journal."""
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -133,7 +148,11 @@ class Evaluate:
         threshold: Score at or above which an example passes.
         lm: Default LM for the run, if not set by context.
         progress: Show a progress bar (None: only on a terminal).
-        run_dir: If given, write a run record there (config, per-example scores, summary).
+        run_dir: If given, write a run record there (config, per-example scores,
+            summary) and journal every finished example in its ``journal/``
+            folder (see :mod:`rhizome.engine.journal`): evaluating again on the
+            same directory reruns only the examples not finished without error,
+            and a journal of a changed program is refused.
     """
 
     def __init__(
@@ -164,8 +183,13 @@ class Evaluate:
         """Run the evaluation and return its result."""
         recorder = RunRecorder.create(self.run_dir, kind="evaluate", config=self._config())
         t0 = time.perf_counter()
+        journal = None if self.run_dir is None else Path(self.run_dir) / JOURNAL_DIR
         batch = await self.graph.batch(
-            self.devset, concurrency=self.concurrency, lm=self.lm, progress=self.progress
+            self.devset,
+            concurrency=self.concurrency,
+            lm=self.lm,
+            progress=self.progress,
+            run_dir=journal,
         )
         results = [await self._score(b) for b in batch]
         result = _aggregate(results, time.perf_counter() - t0)

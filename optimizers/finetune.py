@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from rhizome.engine.predictor import Predictor
     from rhizome.engine.trace import LMCall, Trace
 
+__all__ = ("FinetuneExport", "export_finetune_data")
+
 
 @dataclasses.dataclass(kw_only=True)
 class FinetuneExport:

@@ -24,6 +24,7 @@ the finished trials, and ends where an uninterrupted run would have.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from rhizome.engine.errors import ConfigError
+from rhizome.engine.options import grouped
 from rhizome.optimizers.base import as_examples
 from rhizome.optimizers.evaluate import score_candidate
 from rhizome.optimizers.metrics import Metric, metric_name
@@ -64,15 +66,14 @@ if TYPE_CHECKING:
     from rhizome.engine.graph import Graph
     from rhizome.engine.lm import LM
 
+__all__ = ("JointSearch", "SearchSpaceConfig", "TrialSchedule")
 
-class JointSearch:
-    """MIPRO-style joint search over instructions, demos and more, for every LM node.
 
-    Args:
-        metric: ``metric(example, prediction, trace) -> float | bool``.
-        num_trials: Minibatch trials to run (trial 0 is the graph as given).
-        prompt_lm: The LM that proposes instructions; None searches demos (and
-            the other slots) only.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SearchSpaceConfig:
+    """What a :class:`JointSearch` searches: ``JointSearch(metric, space=SearchSpaceConfig(...))``.
+
+    Attributes:
         num_instructions: Instructions proposed per node (besides its own).
         instructions: Extra candidate instructions per predictor path.
         num_demo_sets: Bootstrapped demo sets per node (besides as given,
@@ -82,9 +83,115 @@ class JointSearch:
         temperatures: Candidate temperatures per node (none: not searched).
         ks: Candidate ``k`` for nodes with a ``k`` attribute (none: not searched).
         lms: Candidate LMs per node (none: not searched).
+
+    Raises:
+        ConfigError: A count is negative, a temperature negative or a ``k`` below 1.
+    """
+
+    num_instructions: int = 5
+    instructions: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
+    num_demo_sets: int = 4
+    max_bootstrapped_demos: int = 4
+    max_labeled_demos: int = 4
+    temperatures: Sequence[float] = ()
+    ks: Sequence[int] = ()
+    lms: Sequence[LM] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("num_instructions", "num_demo_sets", "max_bootstrapped_demos"):
+            _check_count("SearchSpaceConfig", name, getattr(self, name), least=0)
+        _check_count("SearchSpaceConfig", "max_labeled_demos", self.max_labeled_demos, least=0)
+        if not isinstance(self.instructions, Mapping) or any(
+            isinstance(v, str) for v in self.instructions.values()
+        ):
+            raise ConfigError(
+                "SearchSpaceConfig(instructions=...) must map predictor paths to lists of "
+                "instructions, e.g. {'answer': ['Answer briefly.']}"
+            )
+        bad = [t for t in self.temperatures if isinstance(t, bool) or not _number(t) or t < 0]
+        if bad:
+            raise ConfigError(
+                f"SearchSpaceConfig(temperatures=...) must be numbers >= 0; got {bad}"
+            )
+        if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.ks):
+            raise ConfigError(f"SearchSpaceConfig(ks={list(self.ks)}) must be ints >= 1")
+        setattr_ = object.__setattr__  # frozen: normalize to immutable values once
+        setattr_(self, "instructions", {k: tuple(v) for k, v in self.instructions.items()})
+        setattr_(self, "temperatures", tuple(self.temperatures))
+        setattr_(self, "ks", tuple(self.ks))
+        setattr_(self, "lms", tuple(self.lms))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrialSchedule:
+    """How a :class:`JointSearch` runs its trials: ``trials=TrialSchedule(...)``.
+
+    Attributes:
+        num_trials: Minibatch trials to run (trial 0 is the graph as given).
         minibatch_size: Validation examples per trial.
         full_eval_every: Trials between full evaluations of the best so far.
         parallel: Trials evaluated at once (one round).
+        startup_trials: Random trials before TPE models (None: a quarter, 2 to 10).
+
+    Raises:
+        ConfigError: A count is below 1 (``startup_trials`` below 0).
+    """
+
+    num_trials: int = 30
+    minibatch_size: int = 25
+    full_eval_every: int = 10
+    parallel: int = 4
+    startup_trials: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("num_trials", "minibatch_size", "full_eval_every", "parallel"):
+            _check_count("TrialSchedule", name, getattr(self, name), least=1)
+        if self.startup_trials is not None:
+            _check_count("TrialSchedule", "startup_trials", self.startup_trials, least=0)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float))
+
+
+def _check_count(owner: str, name: str, value: object, *, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{owner}({name}={value!r}) must be an int")
+    if value < least:
+        raise ConfigError(f"{owner}({name}={value}) must be at least {least}")
+
+
+class JointSearch:
+    """MIPRO-style joint search over instructions, demos and more, for every LM node.
+
+    The options come in groups — ``space=SearchSpaceConfig(...)`` (what is
+    searched), ``trials=TrialSchedule(...)`` (how trials run) and
+    ``budget=Budget(...)`` (when to stop) — or as the flat
+    keywords of the first two, with the same defaults; a group and one of its
+    own flat keywords together are refused.
+
+    Args:
+        metric: ``metric(example, prediction, trace) -> float | bool``.
+        space: What is searched, as a group; or give its flat keywords below.
+        trials: How trials run, as a group; or give its flat keywords below.
+        num_trials: Minibatch trials to run (trial 0 is the graph as given;
+            default 30).
+        prompt_lm: The LM that proposes instructions; None searches demos (and
+            the other slots) only.
+        num_instructions: Instructions proposed per node (besides its own; default 5).
+        instructions: Extra candidate instructions per predictor path.
+        num_demo_sets: Bootstrapped demo sets per node (besides as given,
+            zero-shot and labelled; default 4).
+        max_bootstrapped_demos: Most bootstrapped demos in one set (default 4).
+        max_labeled_demos: Labelled demos in the labelled set and after
+            bootstraps (default 4).
+        temperatures: Candidate temperatures per node (none: not searched).
+        ks: Candidate ``k`` for nodes with a ``k`` attribute (none: not searched).
+        lms: Candidate LMs per node (none: not searched).
+        minibatch_size: Validation examples per trial (default 25).
+        full_eval_every: Trials between full evaluations of the best so far
+            (default 10).
+        parallel: Trials evaluated at once (one round; default 4).
         valset: Examples to score on (the trainset when None).
         budget: Stop starting trials and full evaluations once this much is
             spent by them, over the whole run (resumed parts included); the
@@ -98,6 +205,10 @@ class JointSearch:
         seed: Makes the run repeatable.
         summarize: Let the prompt model describe the data for its proposals.
         run_dir: Run directory: space, trials (for resuming), final program.
+
+    Raises:
+        ConfigError: A value is out of range, or a group is given together
+            with one of its flat keywords (``trials=`` and ``num_trials=``).
 
     Attributes:
         space: The search space (after :meth:`optimize`).
@@ -115,19 +226,21 @@ class JointSearch:
         self,
         metric: Metric,
         *,
-        num_trials: int = 30,
+        space: SearchSpaceConfig | None = None,
+        trials: TrialSchedule | None = None,
+        num_trials: int | None = None,
         prompt_lm: LM | None = None,
-        num_instructions: int = 5,
+        num_instructions: int | None = None,
         instructions: Mapping[str, Sequence[str]] | None = None,
-        num_demo_sets: int = 4,
-        max_bootstrapped_demos: int = 4,
-        max_labeled_demos: int = 4,
-        temperatures: Sequence[float] = (),
-        ks: Sequence[int] = (),
-        lms: Sequence[LM] = (),
-        minibatch_size: int = 25,
-        full_eval_every: int = 10,
-        parallel: int = 4,
+        num_demo_sets: int | None = None,
+        max_bootstrapped_demos: int | None = None,
+        max_labeled_demos: int | None = None,
+        temperatures: Sequence[float] | None = None,
+        ks: Sequence[int] | None = None,
+        lms: Sequence[LM] | None = None,
+        minibatch_size: int | None = None,
+        full_eval_every: int | None = None,
+        parallel: int | None = None,
         valset: Sequence[Example | Mapping[str, Any]] | None = None,
         budget: Budget | None = None,
         startup_trials: int | None = None,
@@ -139,31 +252,38 @@ class JointSearch:
         summarize: bool = True,
         run_dir: str | Path | None = None,
     ) -> None:
-        for name, value in (
-            ("num_trials", num_trials),
-            ("minibatch_size", minibatch_size),
-            ("full_eval_every", full_eval_every),
-            ("parallel", parallel),
-        ):
-            if value < 1:
+        schedule = {
+            "num_trials": num_trials,
+            "minibatch_size": minibatch_size,
+            "full_eval_every": full_eval_every,
+            "parallel": parallel,
+            "startup_trials": startup_trials,
+        }
+        for name, value in schedule.items():  # the messages flat keywords always had
+            if name != "startup_trials" and value is not None and value < 1:
                 raise ConfigError(f"JointSearch({name}={value}) must be at least 1")
+        self._schedule = grouped("JointSearch", "trials", trials, TrialSchedule(), schedule)
+        self._space_config = grouped(
+            "JointSearch",
+            "space",
+            space,
+            SearchSpaceConfig(),
+            {
+                "num_instructions": num_instructions,
+                "instructions": instructions,
+                "num_demo_sets": num_demo_sets,
+                "max_bootstrapped_demos": max_bootstrapped_demos,
+                "max_labeled_demos": max_labeled_demos,
+                "temperatures": temperatures,
+                "ks": ks,
+                "lms": lms,
+            },
+        )
         self.metric = metric
-        self.num_trials = num_trials
         self.prompt_lm = prompt_lm
-        self.num_instructions = num_instructions
-        self.instructions = {k: list(v) for k, v in (instructions or {}).items()}
-        self.num_demo_sets = num_demo_sets
-        self.max_bootstrapped_demos = max_bootstrapped_demos
-        self.max_labeled_demos = max_labeled_demos
-        self.temperatures = list(temperatures)
-        self.ks = list(ks)
-        self.lms = list(lms)
-        self.minibatch_size = minibatch_size
-        self.full_eval_every = full_eval_every
-        self.parallel = parallel
+        self._unpack(self._space_config, self._schedule)
         self.valset = valset
         self.budget = budget
-        self.startup_trials = startup_trials
         self.threshold = threshold
         self.concurrency = concurrency
         self.lm = lm
@@ -177,6 +297,32 @@ class JointSearch:
         self.best_config: dict[str, int] = {}
         self.pareto: list[ParetoPoint] = []
         self.stopped = "done"
+
+    def _unpack(self, space: SearchSpaceConfig, trials: TrialSchedule) -> None:
+        """Copy the groups into the plain attributes the search reads."""
+        self.num_trials = trials.num_trials
+        self.minibatch_size = trials.minibatch_size
+        self.full_eval_every = trials.full_eval_every
+        self.parallel = trials.parallel
+        self.startup_trials = trials.startup_trials
+        self.num_instructions = space.num_instructions
+        self.instructions = {k: list(v) for k, v in space.instructions.items()}
+        self.num_demo_sets = space.num_demo_sets
+        self.max_bootstrapped_demos = space.max_bootstrapped_demos
+        self.max_labeled_demos = space.max_labeled_demos
+        self.temperatures = list(space.temperatures)
+        self.ks = list(space.ks)
+        self.lms = list(space.lms)
+
+    @property
+    def space_config(self) -> SearchSpaceConfig:
+        """What is searched, as given (read-only; :attr:`space` is the space built from it)."""
+        return self._space_config
+
+    @property
+    def trials(self) -> TrialSchedule:
+        """How trials run (read-only)."""
+        return self._schedule
 
     # -- the search ------------------------------------------------------------
 

@@ -26,6 +26,9 @@ from rhizome.optimizers.metrics import report_trace
 if TYPE_CHECKING:
     from rhizome.engine.lm import LM
 
+__all__ = ("LLMJudge", "llm_judge")
+
+
 JUDGE_SIGNATURE = "question, gold_answer, predicted_answer -> rationale, verdict: bool"
 JUDGE_INSTRUCTION = (
     "You grade answers. Decide whether the predicted answer to the question meets the "

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from rhizome.optimizers.metrics import Metric
     from rhizome.tools.embeddings import Embedder
 
+__all__ = ("DemoSelector", "KNNFewShot", "demo_text", "embed_texts")
+
+
 QUERY_CACHE = 4096
 
 

@@ -11,6 +11,8 @@ if TYPE_CHECKING:
     from rhizome.engine.example import Example
     from rhizome.engine.graph import Graph
 
+__all__ = ("LabeledFewShot",)
+
 
 class LabeledFewShot:
     """Give every LM node up to ``k`` demos taken from the trainset's labelled fields.

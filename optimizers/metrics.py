@@ -21,6 +21,27 @@ from typing import Any, Protocol
 
 from rhizome.engine.trace import Trace
 
+__all__ = (
+    "Metric",
+    "all_of",
+    "answer_in_passages",
+    "call_metric",
+    "distinct_from_question",
+    "exact_match",
+    "mean",
+    "metric_name",
+    "metric_traces",
+    "normalize_text",
+    "numeric_match",
+    "parse_number",
+    "passes",
+    "report_trace",
+    "score_value",
+    "token_f1",
+    "token_f1_score",
+)
+
+
 _METRIC_TRACES: contextvars.ContextVar[list[Trace] | None] = contextvars.ContextVar(
     "rhizome_metric_traces", default=None
 )

@@ -35,6 +35,18 @@ from rhizome.optimizers.records import RunRecorder
 if TYPE_CHECKING:
     from rhizome.engine.lm import LM
 
+__all__ = (
+    "COPRO",
+    "format_attempts",
+    "format_demos",
+    "improver",
+    "propose_instructions",
+    "propose_one",
+    "summarize_data",
+    "usable_instruction",
+)
+
+
 TIPS = (
     "",
     "Be concise: keep only what the model must know.",

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from rhizome.engine.graph import Graph
     from rhizome.engine.lm import LM
 
+__all__ = ("Candidate", "RandomSearch")
+
 
 @dataclasses.dataclass(kw_only=True)
 class Candidate:

@@ -23,6 +23,9 @@ from rhizome.engine.trace import jsonable
 if TYPE_CHECKING:
     from rhizome.engine.graph import Graph
 
+__all__ = ("RunRecorder", "read_jsonl")
+
+
 TRACE_SAMPLE = 20
 
 
@@ -61,7 +64,13 @@ class RunRecorder:
             fh.write(json.dumps(jsonable(row), ensure_ascii=False) + "\n")
 
     def write_results(self, results: Iterable[Any]) -> None:
-        """Write per-example results and a sample of their traces."""
+        """Write per-example results and a sample of their traces, replacing earlier ones.
+
+        A resumed evaluation writes all its results again, so the files are
+        started afresh rather than appended to.
+        """
+        for name in ("results.jsonl", "traces.jsonl"):
+            (self.path / name).unlink(missing_ok=True)
         sampled = 0
         for r in results:
             self.append(

@@ -28,6 +28,17 @@ if TYPE_CHECKING:
     from rhizome.engine.lm import LM
     from rhizome.optimizers.metrics import Metric
 
+__all__ = (
+    "Dimension",
+    "SearchSpace",
+    "demo_candidates",
+    "dimension",
+    "load_space",
+    "save_space",
+    "scalar_dimensions",
+)
+
+
 SPACE_FILE = "space.json"
 Demos = list[dict[str, Any]]
 

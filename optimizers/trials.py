@@ -23,6 +23,21 @@ from typing import Any
 from rhizome.engine.errors import ConfigError
 from rhizome.optimizers.records import read_jsonl
 
+__all__ = (
+    "Budget",
+    "ParetoPoint",
+    "Spend",
+    "TPESampler",
+    "Trial",
+    "best_by_mean",
+    "config_key",
+    "load_trials",
+    "mean_scores",
+    "pareto_front",
+    "per_example_cost",
+)
+
+
 TRIALS_FILE = "trials.jsonl"
 
 

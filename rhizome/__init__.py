@@ -10,16 +10,24 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from rhizome.engine.adapters import Adapter as Adapter
 from rhizome.engine.adapters import JSONAdapter as JSONAdapter
 from rhizome.engine.adapters import TextAdapter as TextAdapter
 from rhizome.engine.batch import BatchResult as BatchResult
 from rhizome.engine.cache import ResponseCache as ResponseCache
+from rhizome.engine.client import Limits as Limits
 from rhizome.engine.client import OpenAILM as OpenAILM
+from rhizome.engine.client import RequestDefaults as RequestDefaults
 from rhizome.engine.context import context as context
 from rhizome.engine.errors import ConfigError as ConfigError
 from rhizome.engine.errors import GraphError as GraphError
+from rhizome.engine.errors import LMConnectionError as LMConnectionError
 from rhizome.engine.errors import LMError as LMError
+from rhizome.engine.errors import LMReplyError as LMReplyError
+from rhizome.engine.errors import LMStatusError as LMStatusError
+from rhizome.engine.errors import LMTimeoutError as LMTimeoutError
 from rhizome.engine.errors import NodeError as NodeError
+from rhizome.engine.errors import NodeTimeoutError as NodeTimeoutError
 from rhizome.engine.errors import ParseError as ParseError
 from rhizome.engine.errors import RhizomeError as RhizomeError
 from rhizome.engine.errors import SaveError as SaveError
@@ -30,8 +38,12 @@ from rhizome.engine.fake import FakeLM as FakeLM
 from rhizome.engine.graph import Graph as Graph
 from rhizome.engine.lm import LM as LM
 from rhizome.engine.lm import Capabilities as Capabilities
+from rhizome.engine.lm import LMRequest as LMRequest
+from rhizome.engine.lm import LMResponse as LMResponse
 from rhizome.engine.node import Node as Node
 from rhizome.engine.predictor import Predictor as Predictor
+from rhizome.engine.retry import RetryPolicy as RetryPolicy
+from rhizome.engine.signature import Field as Field
 from rhizome.engine.signature import InputField as InputField
 from rhizome.engine.signature import OutputField as OutputField
 from rhizome.engine.signature import Signature as Signature
@@ -55,6 +67,8 @@ from rhizome.optimizers.evaluate import Evaluate as Evaluate
 from rhizome.optimizers.evaluate import EvaluationResult as EvaluationResult
 from rhizome.optimizers.finetune import export_finetune_data as export_finetune_data
 from rhizome.optimizers.joint import JointSearch as JointSearch
+from rhizome.optimizers.joint import SearchSpaceConfig as SearchSpaceConfig
+from rhizome.optimizers.joint import TrialSchedule as TrialSchedule
 from rhizome.optimizers.judge import llm_judge as llm_judge
 from rhizome.optimizers.knn import KNNFewShot as KNNFewShot
 from rhizome.optimizers.labeled import LabeledFewShot as LabeledFewShot
@@ -71,6 +85,7 @@ from rhizome.tools.http import make_http_get as make_http_get
 from rhizome.tools.retrievers import InMemoryRetriever as InMemoryRetriever
 from rhizome.tools.retrievers import Passage as Passage
 from rhizome.tools.retrievers import Retriever as Retriever
+from rhizome.tools.retrievers import RetrieverError as RetrieverError
 from rhizome.tools.sandbox import PythonSandbox as PythonSandbox
 from rhizome.tools.search import make_search_tool as make_search_tool
 from rhizome.tools.tool import Tool as Tool
@@ -88,6 +103,7 @@ _LAZY = {
 __all__ = (
     "COPRO",
     "LM",
+    "Adapter",
     "BatchResult",
     "BestOfN",
     "BootstrapFewShot",
@@ -102,6 +118,7 @@ __all__ = (
     "EvaluationResult",
     "Example",
     "FakeLM",
+    "Field",
     "FunctionNode",
     "Graph",
     "GraphError",
@@ -110,13 +127,21 @@ __all__ = (
     "JSONAdapter",
     "JointSearch",
     "KNNFewShot",
+    "LMConnectionError",
     "LMError",
+    "LMReplyError",
+    "LMRequest",
+    "LMResponse",
+    "LMStatusError",
+    "LMTimeoutError",
     "LabeledFewShot",
+    "Limits",
     "Loop",
     "MiniLMEmbedder",
     "MultiChainComparison",
     "Node",
     "NodeError",
+    "NodeTimeoutError",
     "OpenAILM",
     "OutputField",
     "ParseError",
@@ -130,17 +155,22 @@ __all__ = (
     "RandomSearch",
     "ReAct",
     "Refine",
+    "RequestDefaults",
     "ResponseCache",
     "Retrieve",
     "Retriever",
+    "RetrieverError",
+    "RetryPolicy",
     "RhizomeError",
     "Router",
     "SaveError",
+    "SearchSpaceConfig",
     "Signature",
     "SignatureError",
     "TextAdapter",
     "Tool",
     "Trace",
+    "TrialSchedule",
     "answer_in_passages",
     "async_local_lm",
     "calculator",

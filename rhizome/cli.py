@@ -22,6 +22,9 @@ from typing import NoReturn
 
 from rhizome.engine.errors import RhizomeError
 
+__all__ = ("build_parser", "main")
+
+
 DEMO_HELP = """\
 Run the main job on the embedded defaults: build a chromadb index of the bundled
 two-hop corpus, evaluate a two-hop RAG graph on the dev split with the local

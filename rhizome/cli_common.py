@@ -28,6 +28,28 @@ if TYPE_CHECKING:
     from rhizome.engine.lm import LM
     from rhizome.optimizers.metrics import Metric
 
+__all__ = (
+    "RAW",
+    "CommandError",
+    "add_lm",
+    "add_otel",
+    "add_program",
+    "format_value",
+    "last_trace_path",
+    "load_graph",
+    "open_lm",
+    "open_telemetry",
+    "parse_inputs",
+    "parse_metric",
+    "positive",
+    "print_json",
+    "read_examples",
+    "require_lm",
+    "state_dir",
+    "table",
+)
+
+
 LM_HINT = (
     "pass --base-url URL --model NAME (or set RHIZOME_BASE_URL and RHIZOME_MODEL_NAME) "
     "for an OpenAI-compatible server, or --local for the embedded model"

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from rhizome.optimizers.base import Optimizer
     from rhizome.optimizers.metrics import Metric
 
+__all__ = ("add_parsers", "cmd_eval", "cmd_optimize")
+
+
 OPTIMIZERS = ("bootstrap", "labeled", "random", "joint", "copro")
 
 EVAL_HELP = """\

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,7 +33,8 @@ from rhizome.cli_common import (
     read_examples,
     require_lm,
 )
-from rhizome.cli_results import ResultsFile
+from rhizome.cli_results import ResultsFile, journal_dir
+from rhizome.engine.errors import ConfigError
 from rhizome.engine.trace import Trace, jsonable
 from rhizome.serve_schema import check_inputs
 from rhizome.telemetry import request_models
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
     from rhizome.engine.graph import Graph
     from rhizome.engine.lm import LM
     from rhizome.telemetry import Telemetry
+
+__all__ = ("add_parsers", "cmd_batch", "cmd_inspect", "cmd_run")
 
 
 RUN_HELP = """\
@@ -56,9 +60,11 @@ example:
 
 BATCH_HELP = """\
 Run the program on every line of a JSONL file, writing one JSON line per example
-as it finishes: {"index", "inputs", "outputs", "error", "usage"}. Re-running with
-the same --out resumes: lines already written without error are skipped (failed
-ones are retried), and the finished file is sorted by index.
+as it finishes: {"index", "inputs", "outputs", "error", "usage"}. With --out, the
+batch also keeps a journal in OUT.journal/ (the one run_dir journal that
+graph.batch and evaluations use): re-running the same command resumes, skipping
+examples that finished without error (failed ones are retried); a journal of a
+changed program or changed data is refused. The finished file is sorted by index.
 
 example:
   rhizome batch rhizome.examples:build questions.jsonl --out results.jsonl --concurrency 8
@@ -157,22 +163,21 @@ def cmd_batch(args: argparse.Namespace) -> int:
     examples = read_examples(args.data)
     names = list(graph.inputs)
     inputs = [jsonable(e.inputs(names)) for e in examples]
-    results = ResultsFile(args.out, overwrite=args.overwrite)
-    done = results.resume(inputs)
-    todo = [i for i in range(len(examples)) if i not in done]
-    counts = {"ran": 0, "ok": 0, "failed": 0, "skipped": len(done)}
-    if todo:
-        with open_lm(args) as lm, open_telemetry(args) as telemetry:
-            require_lm(graph, lm)
-            job = _BatchJob(
-                graph=graph,
-                lm=lm,
-                telemetry=telemetry,
-                results=results,
-                counts=counts,
-                inputs=inputs,
-            )
-            anyio.run(job.run, [examples[i] for i in todo], todo, args)
+    journal = journal_dir(args.out)
+    if journal is not None and args.overwrite:
+        shutil.rmtree(journal, ignore_errors=True)
+    results = ResultsFile(args.out)
+    counts = {"ran": 0, "ok": 0, "failed": 0, "skipped": 0}
+    with open_lm(args) as lm, open_telemetry(args) as telemetry:
+        require_lm(graph, lm)
+        job = _BatchJob(
+            graph=graph, lm=lm, telemetry=telemetry, results=results, counts=counts, inputs=inputs
+        )
+        try:
+            anyio.run(job.run, examples, journal, args)
+        except ConfigError as exc:  # the journal belongs to another program or other data
+            hint = "use a new --out, or --overwrite to start over"
+            raise CommandError(str(exc), hint=hint) from None
     results.finish()
     _batch_summary(args, counts, len(examples))
     return 0
@@ -187,17 +192,22 @@ class _BatchJob:
     counts: dict[str, int]
     inputs: list[dict[str, Any]]
 
-    async def run(self, pending: list[Any], indices: list[int], args: argparse.Namespace) -> None:
+    async def run(
+        self, examples: list[Any], journal: Path | None, args: argparse.Namespace
+    ) -> None:
         progress = False if args.quiet else None
         stream = self.graph.stream(
-            pending, concurrency=args.concurrency, lm=self.lm, progress=progress
+            examples, concurrency=args.concurrency, lm=self.lm, progress=progress, run_dir=journal
         )
         async with contextlib.aclosing(stream):
             async for result in stream:
-                self._keep(indices[result.index], result)
+                self._keep(result)
 
-    def _keep(self, index: int, result: BatchResult) -> None:
-        self.results.write(_row(index, self.inputs[index], result))
+    def _keep(self, result: BatchResult) -> None:
+        self.results.write(_row(result.index, self.inputs[result.index], result))
+        if result.resumed:
+            self.counts["skipped"] += 1
+            return
         if result.trace is not None:
             models = request_models(self.graph, self.lm)
             self.telemetry.emit(self.graph.name, result.trace, request_models=models)

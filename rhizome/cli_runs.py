@@ -16,6 +16,9 @@ from rhizome.runs import RunInfo, find_runs, is_run_dir, read_run
 if TYPE_CHECKING:
     from rhizome.engine.graph import Graph
 
+__all__ = ("add_parsers", "cmd_graph", "cmd_runs", "compare_table", "list_table")
+
+
 FORMATS = ("mermaid", "svg", "png", "json")
 
 RUNS_HELP = """\

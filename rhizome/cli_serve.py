@@ -24,6 +24,9 @@ from rhizome.cli_common import (
     require_lm,
 )
 
+__all__ = ("add_parsers", "cmd_serve")
+
+
 SERVE_HELP = """\
 Serve the program over HTTP (FastAPI + uvicorn):
 

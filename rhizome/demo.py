@@ -26,6 +26,18 @@ from rhizome.optimizers.evaluate import Evaluate, EvaluationResult
 from rhizome.optimizers.metrics import exact_match
 from rhizome.tools.retrievers import Retriever
 
+__all__ = (
+    "DemoOptions",
+    "Stage",
+    "build_graph",
+    "build_index",
+    "format_table",
+    "merge_passages",
+    "optimize_and_compare",
+    "run_demo",
+    "say",
+)
+
 
 def merge_passages(first: list[str], second: list[str]) -> list[str]:
     """Join the passages of both hops, first hop first."""

@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from rhizome.engine.graph import Graph
 
+__all__ = ("graph_svg",)
+
+
 IN, OUT = "\x00inputs", "\x00outputs"
 ROW_H, BOX_H, CHAR_W, PAD, MARGIN = 96, 40, 7.2, 28, 24
 

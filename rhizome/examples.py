@@ -15,6 +15,8 @@ from rhizome.engine.graph import Graph
 from rhizome.nodes.function import FunctionNode
 from rhizome.nodes.predict import Predict
 
+__all__ = ("build", "build_two_step", "tidy")
+
 
 def build() -> Graph:
     """One LM node: answer a question in a few words."""

@@ -27,6 +27,9 @@ from rhizome.engine.errors import ConfigError
 from rhizome.engine.graph import Graph
 from rhizome.engine.node import Node
 
+__all__ = ("import_module", "load_program", "parse_spec")
+
+
 EXAMPLE = "rhizome.examples:build"
 
 

@@ -23,6 +23,9 @@ from rhizome.svg import trial_chart
 if TYPE_CHECKING:
     from rhizome.engine.graph import Graph
 
+__all__ = ("render_report", "summary_rows", "write_report")
+
+
 REPORT_FILE = "report.html"
 
 _CSS = """

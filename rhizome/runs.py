@@ -18,6 +18,9 @@ from typing import Any
 from rhizome.engine.errors import ConfigError
 from rhizome.optimizers.records import read_jsonl
 
+__all__ = ("RunInfo", "TrialPoint", "find_runs", "is_run_dir", "read_run", "trial_points")
+
+
 RUN_FILE = "run.json"
 
 

@@ -64,6 +64,9 @@ if TYPE_CHECKING:
     from rhizome.engine.graph import Graph
     from rhizome.engine.lm import LM
 
+__all__ = ("ServeConfig", "create_app", "run_server")
+
+
 _Handler = TypeVar("_Handler", bound=Callable[..., Awaitable[Any]])
 
 

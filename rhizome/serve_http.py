@@ -35,6 +35,19 @@ from rhizome.engine.errors import (
 )
 from rhizome.serve_metrics import ServeMetrics
 
+__all__ = (
+    "AuthMiddleware",
+    "BodyLimitMiddleware",
+    "MetricsMiddleware",
+    "error_response",
+    "exposure_warning",
+    "is_loopback",
+    "lm_failure",
+    "public_error",
+    "public_trace",
+)
+
+
 logger = logging.getLogger("rhizome.serve")
 
 _URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")

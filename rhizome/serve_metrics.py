@@ -14,6 +14,9 @@ import threading
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 
+__all__ = ("CONTENT_TYPE", "ServeMetrics")
+
+
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

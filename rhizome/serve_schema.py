@@ -20,6 +20,17 @@ from rhizome.engine.errors import ConfigError
 if TYPE_CHECKING:
     from rhizome.engine.graph import Graph
 
+__all__ = (
+    "ERROR_RESPONSES",
+    "ErrorBody",
+    "ErrorDetail",
+    "check_inputs",
+    "field_errors",
+    "inputs_model",
+    "request_models",
+    "response_model",
+)
+
 
 def _class_name(name: str, suffix: str) -> str:
     words = re.split(r"[^0-9A-Za-z]+", name)

@@ -15,6 +15,9 @@ from html import escape
 
 from rhizome.runs import TrialPoint
 
+__all__ = ("trial_chart",)
+
+
 WIDTH = 760
 LEFT, RIGHT, TOP = 56, 24, 28
 SCORE_H, GAP, COST_H = 240, 44, 90

@@ -46,6 +46,9 @@ if TYPE_CHECKING:
     from rhizome.engine.graph import Graph
     from rhizome.engine.lm import LM
 
+__all__ = ("EXPORTERS", "Telemetry", "configure", "global_telemetry", "request_models")
+
+
 EXPORTERS = ("console", "otlp")
 
 

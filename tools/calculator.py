@@ -34,6 +34,9 @@ from typing import Any
 from rhizome.engine.errors import RhizomeError
 from rhizome.tools.tool import FunctionTool, tool
 
+__all__ = ("CalculatorError", "calculator", "evaluate", "format_number")
+
+
 MAX_LENGTH = 1_000
 MAX_NODES = 200
 MAX_INT_BITS = 10_000

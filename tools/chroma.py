@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
 
+__all__ = ("ChromaRetriever", "ExternalEmbedding", "as_embedding_function", "default_path")
+
+
 _INCLUDE: Any = ["documents", "metadatas", "distances"]
 
 

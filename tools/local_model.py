@@ -28,6 +28,17 @@ import platformdirs
 
 from rhizome.engine.errors import ConfigError
 
+__all__ = (
+    "MODEL_ENV",
+    "ModelSource",
+    "bundled_source",
+    "cache_dir",
+    "check_gguf",
+    "default_model_path",
+    "resolve_model_path",
+)
+
+
 MODEL_ENV = "RHIZOME_MODEL"
 CACHE_ENV = "RHIZOME_CACHE_DIR"
 GGUF_MAGIC = b"GGUF"

@@ -40,6 +40,9 @@ import httpx
 from rhizome.engine.errors import ConfigError, LMConnectionError
 from rhizome.tools.local_model import cache_dir, resolve_model_path
 
+__all__ = ("LocalServer", "LocalServerConfig", "log_tail", "start_local_server", "usable_cores")
+
+
 _LOG_TAIL_CHARS = 4000
 _STOP_GRACE = 10.0
 

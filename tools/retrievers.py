@@ -35,6 +35,16 @@ from rhizome.engine.errors import ConfigError, RhizomeError
 if TYPE_CHECKING:
     from rhizome.tools.embeddings import Embedder
 
+__all__ = (
+    "InMemoryRetriever",
+    "Passage",
+    "Retriever",
+    "RetrieverError",
+    "check_k",
+    "document_id",
+    "matches",
+)
+
 
 class RetrieverError(RhizomeError, RuntimeError):
     """A retriever's back-end failed (server unreachable, malformed reply, store error)."""

@@ -87,6 +87,9 @@ import anyio.to_thread
 from rhizome.engine.errors import ConfigError
 from rhizome.tools.tool import FunctionTool, tool
 
+__all__ = ("PythonSandbox", "SandboxResult", "make_python_sandbox_tool")
+
+
 _RUNNER = Path(__file__).with_name("_sandbox_runner.py")
 _STATUS_PREFIX = "\x1erhizome-sandbox "  # in step with _sandbox_runner.STATUS_PREFIX
 _MEMORY_EXIT = 75  # in step with _sandbox_runner.MEMORY_EXIT

@@ -5,6 +5,8 @@ from __future__ import annotations
 from rhizome.tools.retrievers import Retriever
 from rhizome.tools.tool import FunctionTool, tool
 
+__all__ = ("make_search_tool",)
+
 
 def make_search_tool(
     retriever: Retriever,

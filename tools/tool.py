@@ -47,6 +47,19 @@ import pydantic
 
 from rhizome.engine.errors import RhizomeError
 
+__all__ = (
+    "FunctionTool",
+    "Tool",
+    "ToolArgumentError",
+    "ToolDefinitionError",
+    "ToolError",
+    "ToolResult",
+    "parse_docstring",
+    "to_text",
+    "tool",
+)
+
+
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SECTION = re.compile(r"^\s*([A-Z][A-Za-z ]*):\s*$")
 _ARG_LINE = re.compile(r"^(\*{0,2}[A-Za-z_][A-Za-z0-9_]*)\s*(?:\([^)]*\))?\s*:\s*(.*)$")

@@ -16,6 +16,8 @@ from __future__ import annotations
 from rhizome.datasets._files import check_split, read_jsonl
 from rhizome.engine.example import Example
 
+__all__ = ("load_gsm",)
+
 
 def load_gsm(split: str = "dev") -> list[Example]:
     """The problems of one split, as examples with ``question`` as the input.

@@ -20,6 +20,9 @@ from typing import Any
 
 from rhizome.datasets._splits import grouped_split, write_jsonl
 
+__all__ = ("generate", "main")
+
+
 SEED = 8
 POOL = 1200
 SIZES = {"dev": 48, "test": 100, "train": 152}

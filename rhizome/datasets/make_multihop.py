@@ -22,6 +22,9 @@ from typing import Any
 
 from rhizome.datasets._splits import grouped_split, write_jsonl
 
+__all__ = ("Names", "World", "build_world", "check", "main", "passages", "questions")
+
+
 SEED = 20240611
 SIZES = {"dev": 50, "test": 150, "train": 200}
 COUNTS = {"country": 12, "mountains": 12, "river": 24, "town": 70, "person": 110, "company": 70}

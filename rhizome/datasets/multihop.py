@@ -24,6 +24,8 @@ from typing import Any
 from rhizome.datasets._files import check_split, read_jsonl
 from rhizome.engine.example import Example
 
+__all__ = ("load_multihop", "load_multihop_corpus")
+
 
 def load_multihop(split: str = "dev") -> list[Example]:
     """The questions of one split, as examples with ``question`` as the input.

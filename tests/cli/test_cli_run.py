@@ -85,7 +85,7 @@ def test_batch_writes_one_line_per_example(
     assert "6 ran (6 ok, 0 failed), 0 already done" in capsys.readouterr().err
 
 
-def test_batch_resumes_skipping_lines_already_written(
+def test_batch_resumes_skipping_examples_already_done(
     lm_args: list[str],
     data: Path,
     server: OpenAIServer,
@@ -93,34 +93,27 @@ def test_batch_resumes_skipping_lines_already_written(
     capsys: Capture,
 ) -> None:
     out = data.parent / "results.jsonl"
-    done = [
-        {
-            "index": 4,
-            "inputs": {"question": "Capital of Peru?"},
-            "outputs": {"answer": "Lima"},
-            "error": None,
-            "usage": {},
-        },
-        {
-            "index": 0,
-            "inputs": {"question": "Capital of France?"},
-            "outputs": None,
-            "error": {"type": "LMError", "message": "was down"},
-            "usage": {},
-        },
-    ]
-    torn = '{"index": 1, "inputs": {"question": "Capi'  # an interrupted write
-    out.write_text("".join(json.dumps(r) + "\n" for r in done) + torn, encoding="utf-8")
-    assert (
-        main(["batch", "rhizome.examples:build", str(data), "-o", str(out), "--json", *lm_args])
-        == 0
-    )
+    args = ["batch", "rhizome.examples:build", str(data), "-o", str(out), "--json", *lm_args]
+
+    answer = server.responder
+
+    def down_for_france(body: dict) -> object:
+        if "Capital of France?" in json.dumps(body["messages"][-1]):
+            return server.Reply(status=400, text="was down")
+        return answer(body)
+
+    server.responder = down_for_france
+    assert main(args) == 1  # one example failed
+    capsys.readouterr()
+    server.responder = answer
+    server.reset()
+    assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["skipped"] == 1
-    assert summary["ran"] == 5
-    assert server.request_count == 5
+    assert summary["skipped"] == 5
+    assert summary["ran"] == 1
+    assert server.request_count == 1
     asked = [r["messages"][-1]["content"] for r in server.requests]
-    assert not any("Capital of Peru?" in text for text in asked)
+    assert "Capital of France?" in asked[0]
     rows = read_jsonl(out)
     assert [r["index"] for r in rows] == list(range(6))
     assert rows[0]["outputs"] == {"answer": "Paris"}
@@ -128,19 +121,29 @@ def test_batch_resumes_skipping_lines_already_written(
     assert rows[4]["usage"] == {}  # kept from the first run, not re-run
 
 
-def test_batch_refuses_a_results_file_of_other_data(
+def test_batch_refuses_a_journal_of_other_data(
     lm_args: list[str], data: Path, server: OpenAIServer, capsys: Capture
 ) -> None:
     out = data.parent / "results.jsonl"
-    row = {"index": 0, "inputs": {"question": "something else"}, "outputs": {}, "error": None}
-    out.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    assert main(["batch", "rhizome.examples:build", str(data), "-o", str(out), *lm_args]) == 0
+    lines = data.read_text(encoding="utf-8").splitlines(keepends=True)
+    data.write_text('{"question": "something else"}\n' + "".join(lines[1:]), encoding="utf-8")
+    server.reset()
+    capsys.readouterr()
     assert main(["batch", "rhizome.examples:build", str(data), "-o", str(out), *lm_args]) == 1
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("rhizome: error: ")
-    assert "different inputs" in err[0]
+    assert "the examples changed" in err[0]
+    assert "results.jsonl.journal" in err[0]
     assert err[1].startswith("hint: ")
     assert "--overwrite" in err[1]
     assert server.request_count == 0
+    assert (
+        main(
+            ["batch", "rhizome.examples:build", str(data), "-o", str(out), "--overwrite", *lm_args]
+        )
+        == 0
+    )
 
 
 def test_batch_failures_exit_1_with_a_pointer(

@@ -1,1 +1,3 @@
 """Data files of rhizome.datasets (JSONL)."""
+
+__all__: tuple[str, ...] = ()
