@@ -19,8 +19,8 @@ import anyio
 
 from rhizome.datasets import load_multihop
 from rhizome.demo import build_graph, build_index, say
-from rhizome.engine.graph import Graph
-from rhizome.engine.lm import LM
+from rhizome.engine.client.protocol import LM
+from rhizome.engine.graphs.graph import Graph
 from rhizome.optimizers.bootstrap import BootstrapFewShot
 from rhizome.optimizers.evaluate import Evaluate
 from rhizome.optimizers.joint import JointSearch

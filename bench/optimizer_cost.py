@@ -39,8 +39,8 @@ import anyio.abc
 
 from rhizome.datasets import load_multihop
 from rhizome.demo import build_graph, build_index, say
+from rhizome.engine.client.protocol import LM
 from rhizome.engine.example import Example
-from rhizome.engine.lm import LM
 from rhizome.nodes.retrieve import Retrieve
 from rhizome.optimizers.metrics import exact_match
 from rhizome.tools.local_lm import local_lm

@@ -88,7 +88,7 @@ async def batch(url: str, inputs: int, concurrency: int) -> dict[str, Any]:
 
 async def client(url: str, requests: int, concurrency: int) -> dict[str, Any]:
     """Requests per second of ``OpenAILM.complete`` alone (the sharded pools)."""
-    from rhizome.engine.lm import LMRequest
+    from rhizome.engine.client.protocol import LMRequest
 
     lm = _lm(url, concurrency)
     asks = [

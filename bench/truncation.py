@@ -29,8 +29,8 @@ import anyio
 
 from rhizome.datasets import load_multihop
 from rhizome.demo import build_graph, build_index
-from rhizome.engine.adapters import JSONAdapter, TextAdapter
-from rhizome.engine.graph import Graph
+from rhizome.engine.call.adapters import JSONAdapter, TextAdapter
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes import predict as predict_module
 from rhizome.nodes.predict import ChainOfThought, Predict
 from rhizome.optimizers.metrics import exact_match

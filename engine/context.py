@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from rhizome.engine.errors import ConfigError
 
 if TYPE_CHECKING:
-    from rhizome.engine.lm import LM
+    from rhizome.engine.client.protocol import LM
 
 __all__ = ("RunSettings", "context", "pop_settings", "push_lm", "resolve_lm", "settings")
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from rhizome.engine.lm import Usage
+from rhizome.engine.client.protocol import Usage
 
 __all__ = (
     "LMCall",

@@ -12,14 +12,14 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from rhizome.engine.call.predictor import Predictor
+from rhizome.engine.call.signature import Field, Signature
 from rhizome.engine.errors import ConfigError
-from rhizome.engine.node import Node
-from rhizome.engine.predictor import Predictor
-from rhizome.engine.signature import Field, Signature
+from rhizome.engine.graphs.node import Node
 from rhizome.engine.trace import jsonable
 
 if TYPE_CHECKING:
-    from rhizome.engine.lm import LM
+    from rhizome.engine.client.protocol import LM
 
 __all__ = ("MultiChainComparison", "field_lines", "format_attempt")
 

@@ -23,9 +23,9 @@ from typing import Any
 import anyio
 import pydantic
 
+from rhizome.engine.call.signature import Field
 from rhizome.engine.errors import GraphError
-from rhizome.engine.node import Node
-from rhizome.engine.signature import Field
+from rhizome.engine.graphs.node import Node
 
 __all__ = ("FunctionNode",)
 

@@ -29,11 +29,11 @@ import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
+from rhizome.engine.call.signature import Field
 from rhizome.engine.errors import ConfigError
-from rhizome.engine.graph import Graph
-from rhizome.engine.node import Node
-from rhizome.engine.scheduler import current_path
-from rhizome.engine.signature import Field
+from rhizome.engine.graphs.graph import Graph
+from rhizome.engine.graphs.node import Node
+from rhizome.engine.graphs.scheduler import current_path
 from rhizome.engine.trace import current_trace
 
 __all__ = ("Loop",)

@@ -10,15 +10,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from rhizome.engine.call.predictor import Predictor
+from rhizome.engine.call.signature import Signature
 from rhizome.engine.errors import SignatureError
-from rhizome.engine.node import Node
-from rhizome.engine.predictor import Predictor
-from rhizome.engine.signature import Signature
+from rhizome.engine.graphs.node import Node
 
 if TYPE_CHECKING:
-    from rhizome.engine.adapters import Adapter
-    from rhizome.engine.lm import LM
-    from rhizome.engine.signature import Field
+    from rhizome.engine.call.adapters import Adapter
+    from rhizome.engine.call.signature import Field
+    from rhizome.engine.client.protocol import LM
 
 __all__ = ("REASONING_DESC", "ChainOfThought", "Predict")
 

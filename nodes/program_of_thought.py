@@ -15,15 +15,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from rhizome.engine.call.parsing import coerce_text, parse_json, strip_fence
+from rhizome.engine.call.predictor import Predictor
+from rhizome.engine.call.signature import Field, Signature
 from rhizome.engine.errors import ConfigError, ParseError, RhizomeError
-from rhizome.engine.node import Node
-from rhizome.engine.parsing import coerce_text, parse_json, strip_fence
-from rhizome.engine.predictor import Predictor
-from rhizome.engine.signature import Field, Signature
+from rhizome.engine.graphs.node import Node
 from rhizome.tools.sandbox import PythonSandbox
 
 if TYPE_CHECKING:
-    from rhizome.engine.lm import LM
+    from rhizome.engine.client.protocol import LM
 
 __all__ = ("ProgramError", "ProgramOfThought")
 

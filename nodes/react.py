@@ -15,7 +15,7 @@ Two protocols, one prompt:
   function definitions, and a function call in the reply is the action.
 
 Both make the ``step`` predictor's call through the one predictor call path
-(:func:`~rhizome.engine.calling.run_predictor`): the same tuned instruction and
+(:func:`~rhizome.engine.call.run.run_predictor`): the same tuned instruction and
 demos (or its ``demo_selector``), the same repair of an unreadable reply, retry
 of a reply cut by the token limit, and logged fields; and both read a reply in
 either form, so demos bootstrapped under one protocol serve the other. The
@@ -30,20 +30,20 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from rhizome.engine.adapters import outputs_schema
-from rhizome.engine.calling import ToolUse, run_predictor
+from rhizome.engine.call.adapters import outputs_schema
+from rhizome.engine.call.parsing import coerce_json, format_value
+from rhizome.engine.call.predictor import Predictor
+from rhizome.engine.call.run import ToolUse, run_predictor
+from rhizome.engine.call.signature import Field, Signature
 from rhizome.engine.context import resolve_lm
 from rhizome.engine.errors import ConfigError, ParseError
-from rhizome.engine.node import Node
-from rhizome.engine.parsing import coerce_json, format_value
-from rhizome.engine.predictor import Predictor
-from rhizome.engine.signature import Field, Signature
+from rhizome.engine.graphs.node import Node
 from rhizome.engine.trace import current_record
 from rhizome.tools.tool import Tool, tool
 
 if TYPE_CHECKING:
-    from rhizome.engine.adapters import Adapter
-    from rhizome.engine.lm import LM, Choice
+    from rhizome.engine.call.adapters import Adapter
+    from rhizome.engine.client.protocol import LM, Choice
 
 __all__ = ("ReAct", "format_trajectory")
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import anyio
 
+from rhizome.engine.call.signature import Field
 from rhizome.engine.errors import ConfigError
-from rhizome.engine.node import Node
-from rhizome.engine.params import Slot, count_problem
-from rhizome.engine.signature import Field
+from rhizome.engine.graphs.node import Node
+from rhizome.engine.graphs.params import Slot, count_problem
 from rhizome.engine.trace import current_record
 from rhizome.tools.retrievers import Passage, Retriever, check_k
 

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio.to_thread
 
+from rhizome.engine.call.predictor import Predictor
+from rhizome.engine.call.signature import Field, Signature
 from rhizome.engine.errors import ConfigError
-from rhizome.engine.node import Node
-from rhizome.engine.predictor import Predictor
-from rhizome.engine.signature import Field, Signature
+from rhizome.engine.graphs.node import Node
 
 if TYPE_CHECKING:
-    from rhizome.engine.lm import LM
+    from rhizome.engine.client.protocol import LM
 
 __all__ = ("RouteIs", "Router", "route_to")
 

@@ -21,17 +21,17 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import anyio.to_thread
 
+from rhizome.engine.call.predictor import Predictor
+from rhizome.engine.call.signature import Field, Signature
 from rhizome.engine.context import context, settings
 from rhizome.engine.errors import ConfigError, NodeError, SignatureError
-from rhizome.engine.node import Node
-from rhizome.engine.predictor import Predictor
-from rhizome.engine.signature import Field, Signature
+from rhizome.engine.graphs.node import Node
 from rhizome.engine.trace import current_record, jsonable
 from rhizome.nodes.compare import field_lines
 from rhizome.nodes.predict import Predict
 
 if TYPE_CHECKING:
-    from rhizome.engine.lm import LM
+    from rhizome.engine.client.protocol import LM
 
 __all__ = ("BestOfN", "Refine", "RefineError")
 

@@ -15,8 +15,8 @@ from rhizome.engine.errors import ConfigError
 from rhizome.engine.example import Example
 
 if TYPE_CHECKING:
-    from rhizome.engine.graph import Graph
-    from rhizome.engine.predictor import Predictor
+    from rhizome.engine.call.predictor import Predictor
+    from rhizome.engine.graphs.graph import Graph
     from rhizome.engine.trace import Trace
 
 __all__ = (

@@ -27,9 +27,9 @@ from rhizome.optimizers.metrics import Metric, call_metric, metric_name
 from rhizome.optimizers.records import RunRecorder
 
 if TYPE_CHECKING:
+    from rhizome.engine.client.protocol import LM
     from rhizome.engine.example import Example
-    from rhizome.engine.graph import Graph
-    from rhizome.engine.lm import LM
+    from rhizome.engine.graphs.graph import Graph
 
 __all__ = ("BootstrapFewShot", "BootstrapReport")
 

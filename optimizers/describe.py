@@ -12,12 +12,12 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rhizome.engine.errors import ConfigError
-from rhizome.engine.walk import graphs, join, visits
+from rhizome.engine.graphs.walk import graphs, join, visits
 
 if TYPE_CHECKING:
-    from rhizome.engine.graph import Graph
-    from rhizome.engine.node import Node
-    from rhizome.engine.signature import Field
+    from rhizome.engine.call.signature import Field
+    from rhizome.engine.graphs.graph import Graph
+    from rhizome.engine.graphs.node import Node
 
 __all__ = ("describe_data", "describe_graph", "describe_node", "locate")
 

@@ -13,10 +13,10 @@ import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from rhizome.engine.call.signature import Field
 from rhizome.engine.errors import ConfigError
-from rhizome.engine.graph import Graph
-from rhizome.engine.node import Node
-from rhizome.engine.signature import Field
+from rhizome.engine.graphs.graph import Graph
+from rhizome.engine.graphs.node import Node
 from rhizome.engine.trace import jsonable
 
 __all__ = ("Ensemble", "majority")

@@ -3,7 +3,7 @@
 A failed example (bad input, LM error, parse error) scores 0 and is reported;
 it never stops the evaluation. The aggregate comes with a 95% confidence
 interval, and scores are sliced by the examples' tags. With ``run_dir`` an
-evaluation resumes through the one batch journal (:mod:`rhizome.engine.journal`).
+evaluation resumes through the one batch journal (:mod:`rhizome.engine.batches.journal`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from rhizome.optimizers.metrics import Metric, call_metric, metric_name, metric_
 from rhizome.optimizers.records import RunRecorder
 
 if TYPE_CHECKING:
-    from rhizome.engine.graph import Graph
-    from rhizome.engine.lm import LM
+    from rhizome.engine.client.protocol import LM
+    from rhizome.engine.graphs.graph import Graph
     from rhizome.engine.trace import Trace
 
 __all__ = (
@@ -150,7 +150,7 @@ class Evaluate:
         progress: Show a progress bar (None: only on a terminal).
         run_dir: If given, write a run record there (config, per-example scores,
             summary) and journal every finished example in its ``journal/``
-            folder (see :mod:`rhizome.engine.journal`): evaluating again on the
+            folder (see :mod:`rhizome.engine.batches.journal`): evaluating again on the
             same directory reruns only the examples not finished without error,
             and a journal of a changed program is refused.
     """

@@ -20,17 +20,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rhizome.engine.adapters import Adapter, TextAdapter, default_adapter
+from rhizome.engine.call.adapters import Adapter, TextAdapter, default_adapter
 from rhizome.engine.context import settings
 from rhizome.engine.trace import jsonable
 from rhizome.optimizers.base import as_examples
 from rhizome.optimizers.metrics import Metric, call_metric
 
 if TYPE_CHECKING:
+    from rhizome.engine.call.predictor import Predictor
+    from rhizome.engine.client.protocol import LM
     from rhizome.engine.example import Example
-    from rhizome.engine.graph import Graph
-    from rhizome.engine.lm import LM
-    from rhizome.engine.predictor import Predictor
+    from rhizome.engine.graphs.graph import Graph
     from rhizome.engine.trace import LMCall, Trace
 
 __all__ = ("FinetuneExport", "export_finetune_data")

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from rhizome.engine.client.options import grouped
 from rhizome.engine.errors import ConfigError
-from rhizome.engine.options import grouped
 from rhizome.optimizers.base import as_examples
 from rhizome.optimizers.evaluate import score_candidate
 from rhizome.optimizers.metrics import Metric, metric_name
@@ -62,9 +62,9 @@ from rhizome.optimizers.trials import (
 )
 
 if TYPE_CHECKING:
+    from rhizome.engine.client.protocol import LM
     from rhizome.engine.example import Example
-    from rhizome.engine.graph import Graph
-    from rhizome.engine.lm import LM
+    from rhizome.engine.graphs.graph import Graph
 
 __all__ = ("JointSearch", "SearchSpaceConfig", "TrialSchedule")
 

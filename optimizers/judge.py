@@ -14,17 +14,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from rhizome.engine.call.parsing import format_value
 from rhizome.engine.context import context
 from rhizome.engine.errors import ConfigError
-from rhizome.engine.graph import Graph
-from rhizome.engine.parsing import format_value
-from rhizome.engine.scheduler import run_traced
+from rhizome.engine.graphs.graph import Graph
+from rhizome.engine.graphs.scheduler import run_traced
 from rhizome.engine.trace import Trace
 from rhizome.nodes.predict import Predict
 from rhizome.optimizers.metrics import report_trace
 
 if TYPE_CHECKING:
-    from rhizome.engine.lm import LM
+    from rhizome.engine.client.protocol import LM
 
 __all__ = ("LLMJudge", "llm_judge")
 

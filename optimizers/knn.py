@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import numpy as np
 
+from rhizome.engine.call.parsing import format_value
 from rhizome.engine.errors import ConfigError
-from rhizome.engine.parsing import format_value
 from rhizome.optimizers.base import as_examples, labeled_demos
 from rhizome.optimizers.bootstrap import BootstrapFewShot
 
 if TYPE_CHECKING:
+    from rhizome.engine.call.predictor import Predictor
+    from rhizome.engine.client.protocol import LM
     from rhizome.engine.example import Example
-    from rhizome.engine.graph import Graph
-    from rhizome.engine.lm import LM
-    from rhizome.engine.predictor import Predictor
+    from rhizome.engine.graphs.graph import Graph
     from rhizome.optimizers.metrics import Metric
     from rhizome.tools.embeddings import Embedder
 

@@ -9,7 +9,7 @@ from rhizome.optimizers.base import as_examples, labeled_demos, shuffled
 
 if TYPE_CHECKING:
     from rhizome.engine.example import Example
-    from rhizome.engine.graph import Graph
+    from rhizome.engine.graphs.graph import Graph
 
 __all__ = ("LabeledFewShot",)
 

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from rhizome.engine.call.parsing import format_value
 from rhizome.engine.context import context
 from rhizome.engine.errors import ConfigError
 from rhizome.engine.example import Example
-from rhizome.engine.graph import Graph
-from rhizome.engine.parsing import format_value
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.predict import Predict
 from rhizome.optimizers.base import as_examples, labeled_demos, shuffled
 from rhizome.optimizers.describe import describe_data, describe_graph, describe_node
@@ -33,7 +33,7 @@ from rhizome.optimizers.metrics import Metric, metric_name
 from rhizome.optimizers.records import RunRecorder
 
 if TYPE_CHECKING:
-    from rhizome.engine.lm import LM
+    from rhizome.engine.client.protocol import LM
 
 __all__ = (
     "COPRO",

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from rhizome.engine.trace import jsonable
 
 if TYPE_CHECKING:
-    from rhizome.engine.graph import Graph
+    from rhizome.engine.graphs.graph import Graph
 
 __all__ = ("RunRecorder", "read_jsonl")
 

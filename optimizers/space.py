@@ -23,9 +23,9 @@ from rhizome.optimizers.bootstrap import BootstrapFewShot
 from rhizome.optimizers.labeled import LabeledFewShot
 
 if TYPE_CHECKING:
+    from rhizome.engine.client.protocol import LM
     from rhizome.engine.example import Example
-    from rhizome.engine.graph import Graph
-    from rhizome.engine.lm import LM
+    from rhizome.engine.graphs.graph import Graph
     from rhizome.optimizers.metrics import Metric
 
 __all__ = (

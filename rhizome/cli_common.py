@@ -24,8 +24,8 @@ from rhizome.engine.trace import jsonable
 from rhizome.telemetry import EXPORTERS, Telemetry, configure
 
 if TYPE_CHECKING:
-    from rhizome.engine.graph import Graph
-    from rhizome.engine.lm import LM
+    from rhizome.engine.client.protocol import LM
+    from rhizome.engine.graphs.graph import Graph
     from rhizome.optimizers.metrics import Metric
 
 __all__ = (
@@ -135,7 +135,7 @@ def open_lm(args: argparse.Namespace) -> Iterator[LM | None]:
         raise CommandError(
             f"an LM needs both a base URL and a model; {missing} is not set", hint=LM_HINT
         )
-    from rhizome.engine.client import OpenAILM
+    from rhizome.engine.client.openai import OpenAILM
 
     yield OpenAILM(
         model,

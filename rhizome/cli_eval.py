@@ -33,9 +33,9 @@ from rhizome.report import write_report
 from rhizome.telemetry import request_models
 
 if TYPE_CHECKING:
+    from rhizome.engine.client.protocol import LM
     from rhizome.engine.example import Example
-    from rhizome.engine.graph import Graph
-    from rhizome.engine.lm import LM
+    from rhizome.engine.graphs.graph import Graph
     from rhizome.optimizers.base import Optimizer
     from rhizome.optimizers.metrics import Metric
 

@@ -4,7 +4,7 @@ Each line is one JSON object with ``index``, ``inputs``, ``outputs``, ``error``
 and ``usage``. Lines are flushed as they are written; when the batch finishes
 the file is rewritten in index order. The file is a view, rebuilt by every run:
 what a rerun resumes from is the batch journal next to it (see
-:func:`journal_dir` and :mod:`rhizome.engine.journal`), the one journal that
+:func:`journal_dir` and :mod:`rhizome.engine.batches.journal`), the one journal that
 ``graph.batch``, ``graph.stream`` and evaluations resume from too.
 """
 

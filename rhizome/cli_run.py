@@ -40,9 +40,9 @@ from rhizome.serve_schema import check_inputs
 from rhizome.telemetry import request_models
 
 if TYPE_CHECKING:
-    from rhizome.engine.batch import BatchResult
-    from rhizome.engine.graph import Graph
-    from rhizome.engine.lm import LM
+    from rhizome.engine.batches.batch import BatchResult
+    from rhizome.engine.client.protocol import LM
+    from rhizome.engine.graphs.graph import Graph
     from rhizome.telemetry import Telemetry
 
 __all__ = ("add_parsers", "cmd_batch", "cmd_inspect", "cmd_run")

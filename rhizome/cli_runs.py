@@ -14,7 +14,7 @@ from rhizome.cli_common import RAW, CommandError, Sub, add_program, load_graph, 
 from rhizome.runs import RunInfo, find_runs, is_run_dir, read_run
 
 if TYPE_CHECKING:
-    from rhizome.engine.graph import Graph
+    from rhizome.engine.graphs.graph import Graph
 
 __all__ = ("add_parsers", "cmd_graph", "cmd_runs", "compare_table", "list_table")
 
@@ -168,7 +168,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}", file=sys.stderr)
         return 0
     if args.format == "json":
-        from rhizome.engine.saving import structure
+        from rhizome.engine.graphs.saving import structure
 
         text = _json_text(structure(graph))
     elif args.format == "svg":

@@ -16,8 +16,8 @@ from typing import Any
 import anyio
 
 from rhizome.datasets import load_multihop, load_multihop_corpus
-from rhizome.engine.graph import Graph
-from rhizome.engine.lm import LM
+from rhizome.engine.client.protocol import LM
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.function import FunctionNode
 from rhizome.nodes.predict import Predict
 from rhizome.nodes.retrieve import Retrieve

@@ -5,7 +5,7 @@ node feeding it, and the outputs at the bottom; nodes in a row are ordered by
 where their feeders sit (one barycentre pass), which keeps most edges from
 crossing. Edges are labelled with the fields they carry, router edges are
 dashed, and nested graphs are drawn as one box. For a Mermaid text instead,
-see :meth:`Graph.to_mermaid <rhizome.engine.graph.Graph.to_mermaid>`.
+see :meth:`Graph.to_mermaid <rhizome.engine.graphs.graph.Graph.to_mermaid>`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from html import escape
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from rhizome.engine.graph import Graph
+    from rhizome.engine.graphs.graph import Graph
 
 __all__ = ("graph_svg",)
 
@@ -82,7 +82,7 @@ def _layers(graph: Graph, edges: Sequence[_Edge]) -> dict[str, int]:
 
 
 def _boxes(graph: Graph, layer: dict[str, int]) -> dict[str, _Box]:
-    from rhizome.engine.graph import Graph as GraphType
+    from rhizome.engine.graphs.graph import Graph as GraphType
 
     boxes = {IN: _Box(title="inputs", subtitle=", ".join(graph.inputs), layer=0, rounded=True)}
     for name, node in graph.nodes.items():

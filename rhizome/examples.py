@@ -11,7 +11,7 @@ or on the embedded local model with ``--local``.
 
 from __future__ import annotations
 
-from rhizome.engine.graph import Graph
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.function import FunctionNode
 from rhizome.nodes.predict import Predict
 

@@ -8,10 +8,10 @@ attribute in it, separated by a colon::
     rhizome serve examples/qa.py:build --params runs/qa/program.json
 
 The attribute is a factory called with no arguments (or a ready
-:class:`~rhizome.engine.graph.Graph`, or any single node, which is wrapped in a
+:class:`~rhizome.engine.graphs.graph.Graph`, or any single node, which is wrapped in a
 one-node graph). Importing the module runs its code, as importing any Python
 module does; the saved parameters are read as JSON only
-(:meth:`Graph.load <rhizome.engine.graph.Graph.load>`), never unpickled or
+(:meth:`Graph.load <rhizome.engine.graphs.graph.Graph.load>`), never unpickled or
 evaluated.
 """
 
@@ -24,8 +24,8 @@ from pathlib import Path
 from types import ModuleType
 
 from rhizome.engine.errors import ConfigError
-from rhizome.engine.graph import Graph
-from rhizome.engine.node import Node
+from rhizome.engine.graphs.graph import Graph
+from rhizome.engine.graphs.node import Node
 
 __all__ = ("import_module", "load_program", "parse_spec")
 

@@ -21,7 +21,7 @@ from rhizome.runs import RunInfo, is_run_dir, read_run, trial_points
 from rhizome.svg import trial_chart
 
 if TYPE_CHECKING:
-    from rhizome.engine.graph import Graph
+    from rhizome.engine.graphs.graph import Graph
 
 __all__ = ("render_report", "summary_rows", "write_report")
 

@@ -61,8 +61,8 @@ from rhizome.serve_schema import ERROR_RESPONSES, field_errors, request_models, 
 from rhizome.telemetry import Telemetry
 
 if TYPE_CHECKING:
-    from rhizome.engine.graph import Graph
-    from rhizome.engine.lm import LM
+    from rhizome.engine.client.protocol import LM
+    from rhizome.engine.graphs.graph import Graph
 
 __all__ = ("ServeConfig", "create_app", "run_server")
 

@@ -18,7 +18,7 @@ import pydantic
 from rhizome.engine.errors import ConfigError
 
 if TYPE_CHECKING:
-    from rhizome.engine.graph import Graph
+    from rhizome.engine.graphs.graph import Graph
 
 __all__ = (
     "ERROR_RESPONSES",

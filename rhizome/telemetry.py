@@ -38,13 +38,13 @@ from typing import TYPE_CHECKING, Any
 
 from rhizome.engine.context import settings
 from rhizome.engine.errors import ConfigError
-from rhizome.engine.scheduler import run_traced
+from rhizome.engine.graphs.scheduler import run_traced
 from rhizome.engine.trace import LMCall, NodeRecord, Trace
 
 if TYPE_CHECKING:
+    from rhizome.engine.client.protocol import LM
     from rhizome.engine.example import Prediction
-    from rhizome.engine.graph import Graph
-    from rhizome.engine.lm import LM
+    from rhizome.engine.graphs.graph import Graph
 
 __all__ = ("EXPORTERS", "Telemetry", "configure", "global_telemetry", "request_models")
 
@@ -138,7 +138,7 @@ class Telemetry:
             attributes: Extra attributes for the run span (e.g. the request id).
 
         Raises:
-            Whatever :meth:`Graph.run <rhizome.engine.graph.Graph.run>` raises; the
+            Whatever :meth:`Graph.run <rhizome.engine.graphs.graph.Graph.run>` raises; the
             span is then marked as failed.
         """
         trace = trace if trace is not None else Trace()

@@ -9,7 +9,7 @@ Any test under ``tests/`` can ask for them::
 
 ``server`` is an :class:`tests.server.OpenAIServer` (``server.Reply`` scripts
 errors, delays, tool calls ...); ``lm`` is an
-:class:`~rhizome.engine.client.OpenAILM` on it with no response cache and
+:class:`~rhizome.engine.client.openai.OpenAILM` on it with no response cache and
 short retry waits. Every test session writes the default response cache to a
 temporary folder, never to the user's cache.
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from rhizome.engine.cache import ResponseCache
-from rhizome.engine.client import OpenAILM
+from rhizome.engine.client.cache import ResponseCache
+from rhizome.engine.client.openai import OpenAILM
 from tests.server import OpenAIServer
 
 

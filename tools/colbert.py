@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from rhizome.engine.connections import SharedLimiter, close_now, close_with_loop
+from rhizome.engine.client.connections import SharedLimiter, close_now, close_with_loop
 from rhizome.engine.errors import ConfigError
 from rhizome.tools.retrievers import Passage, RetrieverError, check_k
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from rhizome.engine.lm import Capabilities
+from rhizome.engine.client.protocol import Capabilities
 from rhizome.tools.local_model import default_model_path, resolve_model_path
 from rhizome.tools.local_server import (
     LocalServer,
@@ -45,7 +45,7 @@ from rhizome.tools.local_server import (
 )
 
 if TYPE_CHECKING:
-    from rhizome.engine.client import OpenAILM
+    from rhizome.engine.client.openai import OpenAILM
 
 __all__ = (
     "LOCAL_CAPABILITIES",
@@ -73,7 +73,7 @@ def _client_for(
     temperature: float | None,
     max_tokens: int | None = None,
 ) -> OpenAILM:
-    from rhizome.engine.client import OpenAILM
+    from rhizome.engine.client.openai import OpenAILM
 
     return OpenAILM(
         server.config.model_name,
@@ -103,7 +103,7 @@ def local_lm(
     cache: Any = "default",
     log_path: str | os.PathLike[str] | None = None,
 ) -> Iterator[OpenAILM]:
-    """Start the local server and yield an :class:`~rhizome.engine.client.OpenAILM` for it.
+    """Start the local server and yield an :class:`~rhizome.engine.client.openai.OpenAILM` for it.
 
     The server stops when the block ends, on Ctrl-C, and at interpreter exit.
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import anyio
 
-from rhizome.engine.fake import FakeLM
-from rhizome.engine.graph import Graph
-from rhizome.engine.lm import LMRequest
+from rhizome.engine.client.fake import FakeLM
+from rhizome.engine.client.protocol import LMRequest
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.loop import Loop
 from rhizome.nodes.predict import Predict
 from rhizome.nodes.retrieve import Retrieve
@@ -111,7 +111,7 @@ def program(*, iters: int = 1, wire_body: bool = True) -> Graph:
 
 def snapshot(graph: Graph, recorded: Sequence[FakeLM]) -> dict[str, Any]:
     """The parameters as saved (LMs by name) and every request each LM received, sorted."""
-    from rhizome.engine.params import json_parameters
+    from rhizome.engine.graphs.params import json_parameters
 
     return {
         "parameters": json_parameters(graph, lambda lm: lm.name),

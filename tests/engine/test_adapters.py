@@ -9,18 +9,18 @@ from typing import Any, Literal
 import pydantic
 import pytest
 
-from rhizome.engine.adapters import (
+from rhizome.engine.call.adapters import (
     JSONAdapter,
     TextAdapter,
     default_adapter,
     outputs_schema,
     system_prompt,
 )
+from rhizome.engine.call.predictor import Predictor
+from rhizome.engine.call.signature import Field, InputField, OutputField, Signature
+from rhizome.engine.client.fake import FakeLM
+from rhizome.engine.client.protocol import Capabilities
 from rhizome.engine.errors import ParseError
-from rhizome.engine.fake import FakeLM
-from rhizome.engine.lm import Capabilities
-from rhizome.engine.predictor import Predictor
-from rhizome.engine.signature import Field, InputField, OutputField, Signature
 
 
 class Color(enum.Enum):

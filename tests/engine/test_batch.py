@@ -10,13 +10,13 @@ from typing import Any
 import anyio
 import pytest
 
-from rhizome.engine.batch import BatchResult
+from rhizome.engine.batches.batch import BatchResult
+from rhizome.engine.batches.progress import Progress
+from rhizome.engine.client.fake import FakeLM
+from rhizome.engine.client.protocol import LMRequest
 from rhizome.engine.errors import ConfigError
 from rhizome.engine.example import Example
-from rhizome.engine.fake import FakeLM
-from rhizome.engine.graph import Graph
-from rhizome.engine.lm import LMRequest
-from rhizome.engine.progress import Progress
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.function import FunctionNode
 from rhizome.nodes.predict import Predict
 

@@ -11,10 +11,10 @@ from typing import Any
 import anyio
 import pytest
 
-from rhizome.engine.cache import ResponseCache, default_cache_path
-from rhizome.engine.client import OpenAILM
+from rhizome.engine.client.cache import ResponseCache, default_cache_path
+from rhizome.engine.client.openai import OpenAILM
+from rhizome.engine.client.protocol import LMRequest
 from rhizome.engine.errors import LMStatusError
-from rhizome.engine.lm import LMRequest
 from tests.server import OpenAIServer, Reply
 
 
@@ -139,7 +139,7 @@ def test_shared_between_processes(tmp_path: Path) -> None:
     path = tmp_path / "processes.sqlite"
     code = (
         "import sys\n"
-        "from rhizome.engine.cache import ResponseCache\n"
+        "from rhizome.engine.client.cache import ResponseCache\n"
         "cache = ResponseCache(sys.argv[1])\n"
         "for i in range(100):\n"
         "    cache.put_sync(f'{sys.argv[2]}{i}', str(i))\n"

@@ -15,19 +15,19 @@ from typing import Any
 
 import pytest
 
-from rhizome.engine.cache import ResponseCache
-from rhizome.engine.calling import Sample, ToolUse, run_predictor
-from rhizome.engine.client import OpenAILM
-from rhizome.engine.context import context
-from rhizome.engine.errors import ConfigError, GraphError, NodeError
-from rhizome.engine.fake import FakeLM
-from rhizome.engine.graph import Graph
-from rhizome.engine.lm import (
+from rhizome.engine.call.predictor import Predictor
+from rhizome.engine.call.run import Sample, ToolUse, run_predictor
+from rhizome.engine.client.cache import ResponseCache
+from rhizome.engine.client.fake import FakeLM
+from rhizome.engine.client.openai import OpenAILM
+from rhizome.engine.client.protocol import (
     Capabilities,
     Choice,
     LMRequest,
 )
-from rhizome.engine.predictor import Predictor
+from rhizome.engine.context import context
+from rhizome.engine.errors import ConfigError, GraphError, NodeError
+from rhizome.engine.graphs.graph import Graph
 from rhizome.engine.trace import NodeRecord, Trace, node_record, recording
 from rhizome.nodes.function import FunctionNode
 from rhizome.nodes.react import ReAct

@@ -13,7 +13,9 @@ from typing import Any
 import anyio
 import pytest
 
-from rhizome.engine.client import ChatRequest, OpenAILM
+from rhizome.engine.client.openai import ChatRequest, OpenAILM
+from rhizome.engine.client.protocol import LM, LMRequest
+from rhizome.engine.client.usage import Prices
 from rhizome.engine.errors import (
     ConfigError,
     LMConnectionError,
@@ -21,8 +23,6 @@ from rhizome.engine.errors import (
     LMStatusError,
     LMTimeoutError,
 )
-from rhizome.engine.lm import LM, LMRequest
-from rhizome.engine.usage import Prices
 from tests.server import OpenAIServer, Reply
 
 
@@ -341,7 +341,7 @@ def test_deepcopy_shares_the_client(server: OpenAIServer) -> None:
 
 
 def test_request_bodies_are_compact_json_in_build_order() -> None:
-    from rhizome.engine.wire import dumps
+    from rhizome.engine.client.wire_format import dumps
 
     body = {"model": "m", "messages": [{"role": "user", "content": 'héllo "x"\n\u2028'}], "n": 2}
     body["response_format"] = {"properties": {"reasoning": {}, "answer": {}}}  # never sorted

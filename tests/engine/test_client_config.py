@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from rhizome.engine.client import Limits, OpenAILM, RequestDefaults
+from rhizome.engine.client.openai import Limits, OpenAILM, RequestDefaults
+from rhizome.engine.client.protocol import LMRequest
+from rhizome.engine.client.retry import RetryPolicy
 from rhizome.engine.errors import ConfigError, LMStatusError
-from rhizome.engine.lm import LMRequest
-from rhizome.engine.retry import RetryPolicy
 from tests.server import OpenAIServer, Reply
 
 URL = "http://127.0.0.1:9/v1"

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from rhizome.engine.collector import calm_collector
-from rhizome.engine.graph import Graph
+from rhizome.engine.batches.gc_scope import calm_collector
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.function import FunctionNode
 
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from rhizome.engine.client.fake import FakeLM
 from rhizome.engine.errors import GraphError, NodeError
-from rhizome.engine.fake import FakeLM
-from rhizome.engine.graph import Graph
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.function import FunctionNode
 from rhizome.nodes.predict import Predict
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from rhizome.engine.graph import Graph
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.function import FunctionNode
 from rhizome.nodes.predict import Predict
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from rhizome.engine.fake import FakeLM
-from rhizome.engine.lm import LMRequest
-from rhizome.engine.usage import UsageTracker
+from rhizome.engine.client.fake import FakeLM
+from rhizome.engine.client.protocol import LMRequest
+from rhizome.engine.client.usage import UsageTracker
 
 
 def ask(text: str, n: int = 1) -> LMRequest:

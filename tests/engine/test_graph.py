@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from rhizome.engine.call.predictor import Predictor
+from rhizome.engine.call.signature import Field
+from rhizome.engine.client.fake import FakeLM
 from rhizome.engine.errors import GraphError
-from rhizome.engine.fake import FakeLM
-from rhizome.engine.graph import Graph
-from rhizome.engine.node import Node
-from rhizome.engine.predictor import Predictor
-from rhizome.engine.signature import Field
+from rhizome.engine.graphs.graph import Graph
+from rhizome.engine.graphs.node import Node
 from rhizome.nodes.function import FunctionNode
 from rhizome.nodes.predict import ChainOfThought, Predict
 

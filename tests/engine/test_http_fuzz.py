@@ -19,7 +19,7 @@ import httpx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rhizome.engine.http import RawResponse, _Connection
+from rhizome.engine.client.http_pool import RawResponse, _Connection
 
 
 class _Wire:

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from rhizome.engine.http import HttpPool, Origin
+from rhizome.engine.client.http_pool import HttpPool, Origin
 from tests.server import OpenAIServer
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

@@ -6,13 +6,13 @@ import re
 
 import pytest
 
+from rhizome.engine.call.predictor import Predictor
+from rhizome.engine.call.signature import Field
+from rhizome.engine.client.fake import FakeLM
 from rhizome.engine.errors import NodeError, SignatureError
-from rhizome.engine.fake import FakeLM
-from rhizome.engine.graph import Graph
-from rhizome.engine.predictor import Predictor
-from rhizome.engine.signature import Field
+from rhizome.engine.graphs.graph import Graph
+from rhizome.engine.graphs.typecheck import value_adapter
 from rhizome.engine.trace import NodeRecord, Trace, node_record, recording
-from rhizome.engine.typecheck import value_adapter
 from rhizome.nodes.predict import Predict
 
 

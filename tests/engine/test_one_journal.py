@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from rhizome.cli import main as cli_main
+from rhizome.engine.client.fake import FakeLM
+from rhizome.engine.client.protocol import LMRequest
 from rhizome.engine.errors import ConfigError
-from rhizome.engine.fake import FakeLM
-from rhizome.engine.graph import Graph
-from rhizome.engine.lm import LMRequest
+from rhizome.engine.graphs.graph import Graph
 from rhizome.examples import build as build_example
 from rhizome.nodes.predict import ChainOfThought, Predict
 from rhizome.optimizers.evaluate import JOURNAL_DIR, Evaluate

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from rhizome.engine.adapters import JSONAdapter, TextAdapter
+from rhizome.engine.call.adapters import JSONAdapter, TextAdapter
+from rhizome.engine.call.parsing import parse_json, parse_tagged
+from rhizome.engine.call.signature import InputField, OutputField, Signature
 from rhizome.engine.errors import ParseError
-from rhizome.engine.parsing import parse_json, parse_tagged
-from rhizome.engine.signature import InputField, OutputField, Signature
 
 SIG = Signature("question -> answer, note: str | None, count: int | None")
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from rhizome.engine.call.predictor import Predictor
 from rhizome.engine.errors import ConfigError, GraphError, SaveError
-from rhizome.engine.graph import Graph
-from rhizome.engine.predictor import Predictor
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.predict import Predict
 
 

@@ -11,9 +11,9 @@ import pydantic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rhizome.engine.adapters import JSONAdapter, TextAdapter
+from rhizome.engine.call.adapters import JSONAdapter, TextAdapter
+from rhizome.engine.call.signature import InputField, OutputField, Signature
 from rhizome.engine.errors import ParseError
-from rhizome.engine.signature import InputField, OutputField, Signature
 
 
 class Level(enum.Enum):

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from rhizome.engine.adapters import JSONAdapter, TextAdapter, run_predictor
+from rhizome.engine.call.adapters import JSONAdapter, TextAdapter, run_predictor
+from rhizome.engine.call.predictor import Predictor
+from rhizome.engine.client.fake import FakeLM
+from rhizome.engine.client.protocol import Capabilities, LMRequest
 from rhizome.engine.context import context
 from rhizome.engine.errors import ConfigError, LMStatusError, ParseError, SignatureError
-from rhizome.engine.fake import FakeLM
-from rhizome.engine.lm import Capabilities, LMRequest
-from rhizome.engine.predictor import Predictor
 from rhizome.engine.trace import NodeRecord, Trace, node_record, recording
 
 SIG = "question -> answer: int"

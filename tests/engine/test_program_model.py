@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from rhizome.engine import saving
-from rhizome.engine.client import OpenAILM
+from rhizome.engine.client.fake import FakeLM
+from rhizome.engine.client.openai import OpenAILM
 from rhizome.engine.errors import GraphError, SaveError
 from rhizome.engine.example import Example
-from rhizome.engine.fake import FakeLM
-from rhizome.engine.graph import Graph
-from rhizome.engine.walk import walk
+from rhizome.engine.graphs import saving
+from rhizome.engine.graphs.graph import Graph
+from rhizome.engine.graphs.walk import walk
 from rhizome.nodes.loop import Loop
 from rhizome.nodes.predict import Predict
 from rhizome.nodes.retrieve import Retrieve

@@ -16,12 +16,12 @@ from typing import Any, Literal
 import pydantic
 import pytest
 
-from rhizome.engine.adapters import JSONAdapter
-from rhizome.engine.client import OpenAILM
+from rhizome.engine.call.adapters import JSONAdapter
+from rhizome.engine.call.signature import InputField, OutputField, Signature
+from rhizome.engine.client.openai import OpenAILM
+from rhizome.engine.client.protocol import Capabilities
 from rhizome.engine.errors import NodeError, ParseError
-from rhizome.engine.graph import Graph
-from rhizome.engine.lm import Capabilities
-from rhizome.engine.signature import InputField, OutputField, Signature
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.predict import ChainOfThought, Predict
 from rhizome.nodes.react import ReAct
 from tests.server import OpenAIServer, Reply

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from rhizome.engine import saving
 from rhizome.engine.errors import SaveError
-from rhizome.engine.graph import Graph
+from rhizome.engine.graphs import saving
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.function import FunctionNode
 from rhizome.nodes.predict import ChainOfThought, Predict
 

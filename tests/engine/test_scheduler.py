@@ -8,11 +8,11 @@ from typing import Any
 import anyio
 import pytest
 
+from rhizome.engine.client.fake import FakeLM
+from rhizome.engine.client.protocol import LMRequest
 from rhizome.engine.context import context
 from rhizome.engine.errors import GraphError, NodeError, NodeTimeoutError
-from rhizome.engine.fake import FakeLM
-from rhizome.engine.graph import Graph
-from rhizome.engine.lm import LMRequest
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.function import FunctionNode
 from rhizome.nodes.predict import Predict
 
@@ -144,7 +144,7 @@ async def test_failed_run_records_the_error_in_the_trace() -> None:
 
 
 async def _failure_trace(g: Graph) -> Any:
-    from rhizome.engine.scheduler import run_traced
+    from rhizome.engine.graphs.scheduler import run_traced
     from rhizome.engine.trace import Trace
 
     trace = Trace()

@@ -16,9 +16,9 @@ from typing import Any
 import anyio
 import pytest
 
-from rhizome.engine.client import OpenAILM
-from rhizome.engine.connections import SharedLimiter
-from rhizome.engine.lm import LMRequest
+from rhizome.engine.client.connections import SharedLimiter
+from rhizome.engine.client.openai import OpenAILM
+from rhizome.engine.client.protocol import LMRequest
 from tests.reliability.procs import wait_until
 from tests.server import OpenAIServer, Reply
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rhizome.engine.signature import Signature
+from rhizome.engine.call.signature import Signature
 
 
 def test_field_views_are_read_only_and_in_declaration_order() -> None:

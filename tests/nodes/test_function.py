@@ -11,7 +11,7 @@ import pydantic
 import pytest
 
 from rhizome.engine.errors import GraphError, NodeError
-from rhizome.engine.graph import Graph
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.function import FunctionNode
 
 

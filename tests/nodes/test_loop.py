@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
+from rhizome.engine.client.fake import FakeLM
+from rhizome.engine.client.protocol import LMRequest
 from rhizome.engine.errors import ConfigError, NodeError
-from rhizome.engine.fake import FakeLM
-from rhizome.engine.graph import Graph
-from rhizome.engine.lm import LMRequest
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.function import FunctionNode
 from rhizome.nodes.loop import Loop
 from rhizome.nodes.predict import Predict

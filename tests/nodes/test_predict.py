@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from rhizome.engine.adapters import JSONAdapter, TextAdapter
+from rhizome.engine.call.adapters import JSONAdapter, TextAdapter
+from rhizome.engine.client.fake import FakeLM
+from rhizome.engine.client.protocol import LM
 from rhizome.engine.context import context
 from rhizome.engine.errors import SignatureError
-from rhizome.engine.fake import FakeLM
-from rhizome.engine.lm import LM
 from rhizome.engine.trace import NodeRecord, Trace, node_record, recording
 from rhizome.nodes.predict import ChainOfThought, Predict
 

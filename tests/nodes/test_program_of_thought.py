@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from rhizome.engine.client.fake import FakeLM
+from rhizome.engine.client.protocol import LMRequest
 from rhizome.engine.errors import ConfigError, NodeError
-from rhizome.engine.fake import FakeLM
-from rhizome.engine.graph import Graph
-from rhizome.engine.lm import LMRequest
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.program_of_thought import ProgramError, ProgramOfThought
 from rhizome.tools.sandbox import PythonSandbox
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from rhizome.engine.client import OpenAILM
-from rhizome.engine.graph import Graph
-from rhizome.engine.lm import Capabilities
+from rhizome.engine.client.openai import OpenAILM
+from rhizome.engine.client.protocol import Capabilities
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.function import FunctionNode
 from rhizome.nodes.loop import Loop
 from rhizome.nodes.predict import ChainOfThought, Predict

@@ -8,11 +8,8 @@ from typing import Any
 
 import pytest
 
-from rhizome.engine.context import context
-from rhizome.engine.errors import ConfigError
-from rhizome.engine.fake import FakeLM
-from rhizome.engine.graph import Graph
-from rhizome.engine.lm import (
+from rhizome.engine.client.fake import FakeLM
+from rhizome.engine.client.protocol import (
     Capabilities,
     Choice,
     HistoryEntry,
@@ -21,6 +18,9 @@ from rhizome.engine.lm import (
     ToolCall,
     Usage,
 )
+from rhizome.engine.context import context
+from rhizome.engine.errors import ConfigError
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.react import ReAct, format_trajectory
 from rhizome.tools.calculator import calculator
 from rhizome.tools.tool import tool

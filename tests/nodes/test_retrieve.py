@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from rhizome.engine.errors import ConfigError
-from rhizome.engine.graph import Graph
+from rhizome.engine.graphs.graph import Graph
 from rhizome.engine.trace import NodeRecord, node_record
 from rhizome.nodes.retrieve import Retrieve
 from rhizome.tools.chroma import ChromaRetriever

@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
+from rhizome.engine.client.fake import FakeLM
+from rhizome.engine.client.protocol import LMRequest
 from rhizome.engine.context import context, settings
 from rhizome.engine.errors import ConfigError, NodeError, ParseError
-from rhizome.engine.fake import FakeLM
-from rhizome.engine.graph import Graph
-from rhizome.engine.lm import LMRequest
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.function import FunctionNode
 from rhizome.nodes.predict import ChainOfThought, Predict
 from rhizome.nodes.sampling import BestOfN, Refine, RefineError

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from rhizome.engine.cache import ResponseCache
-from rhizome.engine.client import OpenAILM
+from rhizome.engine.client.cache import ResponseCache
+from rhizome.engine.client.fake import FakeLM
+from rhizome.engine.client.openai import OpenAILM
+from rhizome.engine.client.protocol import LMRequest
 from rhizome.engine.example import Example
-from rhizome.engine.fake import FakeLM
-from rhizome.engine.lm import LMRequest
 from rhizome.examples import build
 from rhizome.optimizers.evaluate import Evaluate
 from rhizome.optimizers.judge import llm_judge

@@ -7,10 +7,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from rhizome.engine.client.fake import FakeLM
+from rhizome.engine.client.protocol import LMRequest
 from rhizome.engine.example import Example
-from rhizome.engine.fake import FakeLM
-from rhizome.engine.graph import Graph
-from rhizome.engine.lm import LMRequest
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.predict import Predict
 from rhizome.optimizers.finetune import export_finetune_data
 from rhizome.optimizers.metrics import exact_match

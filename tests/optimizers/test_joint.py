@@ -10,14 +10,14 @@ from typing import Any
 import anyio
 import pytest
 
+from rhizome.engine.call.signature import Field
+from rhizome.engine.client.fake import FakeLM
+from rhizome.engine.client.protocol import LMRequest
 from rhizome.engine.errors import ConfigError
 from rhizome.engine.example import Example
-from rhizome.engine.fake import FakeLM
-from rhizome.engine.graph import Graph
-from rhizome.engine.lm import LMRequest
-from rhizome.engine.node import Node
-from rhizome.engine.params import Slot, count_problem
-from rhizome.engine.signature import Field
+from rhizome.engine.graphs.graph import Graph
+from rhizome.engine.graphs.node import Node
+from rhizome.engine.graphs.params import Slot, count_problem
 from rhizome.nodes.predict import Predict
 from rhizome.optimizers.joint import JointSearch
 from rhizome.optimizers.metrics import exact_match

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from rhizome.engine.client.fake import FakeLM
 from rhizome.engine.errors import ConfigError
-from rhizome.engine.fake import FakeLM
 from rhizome.optimizers.joint import JointSearch, SearchSpaceConfig, TrialSchedule
 from rhizome.optimizers.metrics import exact_match
 from rhizome.optimizers.trials import Budget

@@ -6,10 +6,10 @@ import re
 
 import pytest
 
+from rhizome.engine.client.fake import FakeLM
+from rhizome.engine.client.protocol import LMRequest
 from rhizome.engine.errors import ConfigError
 from rhizome.engine.example import Example, Prediction
-from rhizome.engine.fake import FakeLM
-from rhizome.engine.lm import LMRequest
 from rhizome.optimizers.judge import LLMJudge, llm_judge
 
 

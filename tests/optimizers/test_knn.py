@@ -6,11 +6,11 @@ import re
 
 import pytest
 
+from rhizome.engine.client.fake import FakeLM
+from rhizome.engine.client.protocol import LMRequest
 from rhizome.engine.errors import ConfigError
 from rhizome.engine.example import Example
-from rhizome.engine.fake import FakeLM
-from rhizome.engine.graph import Graph
-from rhizome.engine.lm import LMRequest
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.predict import ChainOfThought, Predict
 from rhizome.optimizers.knn import DemoSelector, KNNFewShot
 from rhizome.optimizers.metrics import exact_match

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from rhizome.engine.client.fake import FakeLM
+from rhizome.engine.client.protocol import LMRequest
 from rhizome.engine.errors import ConfigError
 from rhizome.engine.example import Example
-from rhizome.engine.fake import FakeLM
-from rhizome.engine.graph import Graph
-from rhizome.engine.lm import LMRequest
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.predict import Predict
 from rhizome.optimizers.describe import describe_data, describe_node, locate
 from rhizome.optimizers.metrics import exact_match

@@ -9,9 +9,9 @@ from typing import Any
 
 import anyio
 
-from rhizome.engine.client import OpenAILM
+from rhizome.engine.client.openai import OpenAILM
 from rhizome.engine.example import Example
-from rhizome.engine.graph import Graph
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.predict import Predict
 from rhizome.optimizers.joint import JointSearch
 from rhizome.optimizers.metrics import exact_match

@@ -19,9 +19,9 @@ from typing import Any
 import anyio
 import pytest
 
-from rhizome.engine.cache import ResponseCache
-from rhizome.engine.client import OpenAILM
-from rhizome.engine.graph import Graph
+from rhizome.engine.client.cache import ResponseCache
+from rhizome.engine.client.openai import OpenAILM
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.function import FunctionNode
 from rhizome.nodes.predict import Predict
 from rhizome.tools.sandbox import PythonSandbox
@@ -126,8 +126,8 @@ async def test_cancelled_batch_stops_promptly_keeps_results_and_cache(
 
 BATCH_SCRIPT = """
 import sys, anyio
-from rhizome.engine.client import OpenAILM
-from rhizome.engine.graph import Graph
+from rhizome.engine.client.openai import OpenAILM
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.predict import Predict
 
 url, run_dir, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -236,7 +236,7 @@ def test_ctrl_c_kills_the_sandbox_of_a_running_program() -> None:
 
 LOCAL_MODEL_SCRIPT = """
 import sys, anyio
-from rhizome.engine.graph import Graph
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.predict import Predict
 from rhizome.tools.local_lm import async_local_lm
 

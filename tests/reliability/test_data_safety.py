@@ -18,20 +18,20 @@ from typing import Any
 
 import pytest
 
-from rhizome.engine import saving
-from rhizome.engine.cache import ResponseCache
-from rhizome.engine.client import OpenAILM
+from rhizome.engine.client.cache import ResponseCache
+from rhizome.engine.client.openai import OpenAILM
 from rhizome.engine.errors import SaveError
-from rhizome.engine.graph import Graph
+from rhizome.engine.graphs import saving
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.predict import Predict
 from tests.reliability.faults import echo_answer
 from tests.server import OpenAIServer
 
 WRITER_SCRIPT = """
 import sys, anyio
-from rhizome.engine.cache import ResponseCache
-from rhizome.engine.client import OpenAILM
-from rhizome.engine.graph import Graph
+from rhizome.engine.client.cache import ResponseCache
+from rhizome.engine.client.openai import OpenAILM
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.predict import Predict
 
 url, path, name = sys.argv[1], sys.argv[2], sys.argv[3]

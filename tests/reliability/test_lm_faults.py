@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from rhizome.engine.batch import BatchResult
-from rhizome.engine.client import OpenAILM
-from rhizome.engine.graph import Graph
+from rhizome.engine.batches.batch import BatchResult
+from rhizome.engine.client.openai import OpenAILM
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.predict import Predict
 from tests.reliability.faults import FAULT_KINDS, FaultInjector, Faults
 from tests.server import OpenAIServer

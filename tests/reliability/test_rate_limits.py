@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from rhizome.engine.client import OpenAILM
-from rhizome.engine.graph import Graph
+from rhizome.engine.client.openai import OpenAILM
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.predict import Predict
 from tests.reliability.faults import CappedServer
 

@@ -14,7 +14,7 @@ import pytest
 
 from rhizome.engine.errors import ConfigError
 from rhizome.engine.example import Example
-from rhizome.engine.graph import Graph
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.function import FunctionNode
 from rhizome.nodes.predict import Predict
 

@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from rhizome.engine.batch import BatchResult
-from rhizome.engine.cache import ResponseCache
-from rhizome.engine.client import OpenAILM
+from rhizome.engine.batches.batch import BatchResult
+from rhizome.engine.client.cache import ResponseCache
+from rhizome.engine.client.openai import OpenAILM
+from rhizome.engine.client.protocol import LMRequest
 from rhizome.engine.errors import LMError, describe
-from rhizome.engine.graph import Graph
-from rhizome.engine.lm import LMRequest
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.predict import Predict
 from rhizome.optimizers.evaluate import Evaluate
 from rhizome.optimizers.joint import JointSearch

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import uvicorn
 
-from rhizome.engine.client import OpenAILM
+from rhizome.engine.client.openai import OpenAILM
 from rhizome.examples import build
 from rhizome.serve import ServeConfig, create_app
 from tests.server import OpenAIServer

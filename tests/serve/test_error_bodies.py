@@ -8,8 +8,8 @@ import logging
 import httpx
 import pytest
 
-from rhizome.engine.client import OpenAILM
-from rhizome.engine.graph import Graph
+from rhizome.engine.client.openai import OpenAILM
+from rhizome.engine.graphs.graph import Graph
 from rhizome.examples import build
 from rhizome.nodes.function import FunctionNode
 from rhizome.serve import ServeConfig, create_app

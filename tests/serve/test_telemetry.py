@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from rhizome.engine.client import OpenAILM
+from rhizome.engine.client.openai import OpenAILM
 from rhizome.engine.errors import NodeError
 from rhizome.engine.trace import Trace
 from rhizome.examples import build, build_two_step

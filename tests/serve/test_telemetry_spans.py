@@ -11,9 +11,9 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from rhizome.engine.client import OpenAILM
+from rhizome.engine.client.fake import FakeLM
+from rhizome.engine.client.openai import OpenAILM
 from rhizome.engine.errors import NodeError
-from rhizome.engine.fake import FakeLM
 from rhizome.examples import build, build_two_step
 from rhizome.telemetry import Telemetry, global_telemetry, request_models
 from tests.server import OpenAIServer, Reply

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from rhizome.engine.adapters import JSONAdapter
+from rhizome.engine.call.adapters import JSONAdapter
+from rhizome.engine.client.protocol import LMRequest
 from rhizome.engine.errors import ConfigError, LMConnectionError
-from rhizome.engine.graph import Graph
-from rhizome.engine.lm import LMRequest
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.predict import ChainOfThought
 from rhizome.tools import local_model
 from rhizome.tools.local_lm import LOCAL_CAPABILITIES, async_local_lm, local_lm

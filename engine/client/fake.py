@@ -1,6 +1,6 @@
 """A scripted in-process LM for logic tests and examples.
 
-It implements the :class:`~rhizome.engine.lm.LM` protocol without a network, so
+It implements the :class:`~rhizome.engine.client.protocol.LM` protocol without a network, so
 tests about graph logic, parsing and optimizers stay fast and exact. Tests that
 claim an integration works use the real HTTP client against a real server.
 """
@@ -13,8 +13,15 @@ from collections.abc import Callable, Iterable, Sequence
 
 import anyio
 
-from rhizome.engine.lm import Capabilities, Choice, HistoryEntry, LMRequest, LMResponse, Usage
-from rhizome.engine.usage import UsageTracker
+from rhizome.engine.client.protocol import (
+    Capabilities,
+    Choice,
+    HistoryEntry,
+    LMRequest,
+    LMResponse,
+    Usage,
+)
+from rhizome.engine.client.usage import UsageTracker
 
 __all__ = ("FakeLM", "Responder")
 
@@ -35,7 +42,7 @@ class FakeLM:
     Attributes:
         calls: Calls made so far.
         requests: Every request received, in order.
-        usage: Running totals like :class:`~rhizome.engine.client.OpenAILM`'s:
+        usage: Running totals like :class:`~rhizome.engine.client.openai.OpenAILM`'s:
             each call is one request, its words count as tokens, and a
             responder that raises counts as an error.
     """

@@ -26,7 +26,7 @@ follow as user/assistant pairs and the real input comes last, so calls of one
 predictor share a long prefix that servers can cache.
 
 :func:`run_predictor`, which makes a predictor's LM call with its adapter, lives
-in :mod:`rhizome.engine.calling` and is re-exported here.
+in :mod:`rhizome.engine.call.run` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -39,22 +39,22 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import pydantic
 
-from rhizome.engine.calling import run_predictor as run_predictor
-from rhizome.engine.errors import ParseError
-from rhizome.engine.lm import LM
-from rhizome.engine.parsing import (
+from rhizome.engine.call.parsing import (
     describe_type,
     format_input,
     format_value,
     parse_json,
     parse_tagged,
 )
-from rhizome.engine.signature import Field, Signature
-from rhizome.engine.strict_schema import strict_schema
+from rhizome.engine.call.run import run_predictor as run_predictor
+from rhizome.engine.call.signature import Field, Signature
+from rhizome.engine.call.strict_schema import strict_schema
+from rhizome.engine.client.protocol import LM
+from rhizome.engine.errors import ParseError
 from rhizome.engine.trace import jsonable
 
 if TYPE_CHECKING:
-    from rhizome.engine.predictor import Predictor
+    from rhizome.engine.call.predictor import Predictor
 
 __all__ = (
     "Adapter",
@@ -295,7 +295,7 @@ def _json_response_format(signature: Signature) -> dict[str, Any]:
     """The outputs' schema under strict mode's rules, or sent with ``strict: false``.
 
     Properties keep the signature's order (``reasoning`` first), which servers that
-    decode with a grammar follow. See :mod:`rhizome.engine.strict_schema`.
+    decode with a grammar follow. See :mod:`rhizome.engine.call.strict_schema`.
     """
     schema, strict = strict_schema(outputs_schema(signature))
     return {

@@ -18,8 +18,8 @@ import time
 
 import httpx
 
+from rhizome.engine.client.wire_format import error_detail
 from rhizome.engine.errors import ConfigError, LMError, LMStatusError
-from rhizome.engine.wire import error_detail
 
 __all__ = (
     "HINTS",

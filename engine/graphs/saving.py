@@ -37,14 +37,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rhizome.engine import params as _params
 from rhizome.engine.errors import SaveError
-from rhizome.engine.walk import graphs, join, walk
+from rhizome.engine.graphs import params as _params
+from rhizome.engine.graphs.walk import graphs, join, walk
 
 if TYPE_CHECKING:
-    from rhizome.engine.graph import Graph
-    from rhizome.engine.lm import LM
-    from rhizome.engine.params import Slot
+    from rhizome.engine.client.protocol import LM
+    from rhizome.engine.graphs.graph import Graph
+    from rhizome.engine.graphs.params import Slot
 
 __all__ = ("FORMAT", "MAX_BYTES", "fingerprint", "load", "rhizome_version", "save", "structure")
 

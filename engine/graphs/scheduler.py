@@ -31,8 +31,8 @@ from rhizome.engine.trace import (
 )
 
 if TYPE_CHECKING:
-    from rhizome.engine.lm import LM
-    from rhizome.engine.wiring import NodePlan, Plan, Source
+    from rhizome.engine.client.protocol import LM
+    from rhizome.engine.graphs.plan import NodePlan, Plan, Source
 
 __all__ = ("check_inputs", "current_path", "execute", "run_traced")
 
@@ -311,9 +311,9 @@ async def run_traced(
     """Run ``plan`` as a top-level run, recording into ``trace``.
 
     The door for callers that hold a graph's compiled plan
-    (:meth:`Graph.plan <rhizome.engine.graph.Graph.plan>`) and run it many
+    (:meth:`Graph.plan <rhizome.engine.graphs.graph.Graph.plan>`) and run it many
     times or inside spans of their own: batches and :mod:`rhizome.telemetry`.
-    :meth:`Graph.run <rhizome.engine.graph.Graph.run>` is the same run plus the
+    :meth:`Graph.run <rhizome.engine.graphs.graph.Graph.run>` is the same run plus the
     hook that opens spans for a global OpenTelemetry tracer provider.
 
     Args:

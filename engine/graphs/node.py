@@ -4,10 +4,10 @@ A node declares typed input and output fields and an async ``forward`` that maps
 one to the other. Three small methods tell the rest of rhizome what a node holds:
 
 - :meth:`Node.children`: the nodes nested in it (a graph's nodes, a loop's
-  body); :mod:`rhizome.engine.walk` follows them to reach every depth.
+  body); :mod:`rhizome.engine.graphs.walk` follows them to reach every depth.
 - :meth:`Node.own_predictors`: the LM call patterns it owns itself.
 - :meth:`Node.parameter_slots`: its tunable slots (by default every slot of
-  every own predictor); :mod:`rhizome.engine.params` names them by path.
+  every own predictor); :mod:`rhizome.engine.graphs.params` names them by path.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import copy
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from rhizome.engine.walk import join, walk
+from rhizome.engine.graphs.walk import join, walk
 
 if TYPE_CHECKING:
-    from rhizome.engine.params import Slot
-    from rhizome.engine.predictor import Predictor
-    from rhizome.engine.signature import Field
+    from rhizome.engine.call.predictor import Predictor
+    from rhizome.engine.call.signature import Field
+    from rhizome.engine.graphs.params import Slot
 
 __all__ = ("Node",)
 
@@ -76,7 +76,7 @@ class Node:
         (``"step"``, ``"extract"``) otherwise. The default finds every
         predictor attribute; predictors of child nodes are the children's.
         """
-        from rhizome.engine.predictor import Predictor
+        from rhizome.engine.call.predictor import Predictor
 
         for value in vars(self).values():
             if isinstance(value, Predictor):
@@ -110,7 +110,7 @@ class Node:
         LMs, retrievers and tools are shared, not copied: they are connections,
         not parameters.
         """
-        from rhizome.engine.predictor import Predictor
+        from rhizome.engine.call.predictor import Predictor
 
         new = copy.copy(self)
         for attr, value in list(vars(new).items()):

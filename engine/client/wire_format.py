@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict
 
+from rhizome.engine.client.protocol import Choice, LMRequest, LMResponse, ToolCall, Usage
 from rhizome.engine.errors import ConfigError
-from rhizome.engine.lm import Choice, LMRequest, LMResponse, ToolCall, Usage
 
 __all__ = (
     "ChatCompletion",

@@ -7,7 +7,7 @@ inputs fed twice, undeclared inputs, colliding outputs. The scheduler runs the
 plan without re-checking anything.
 
 Types across an edge: the check when wiring is lenient (see
-:mod:`rhizome.engine.typecheck`): it refuses only what can never fit, such as a
+:mod:`rhizome.engine.graphs.typecheck`): it refuses only what can never fit, such as a
 list into a ``str``. An edge whose two ends are declared with different types
 (``str`` into ``int``, ``Any`` into ``list[str]``, ``int`` into ``float``) is
 marked in the plan, and the scheduler converts each value crossing it with
@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 
 from rhizome.engine.errors import GraphError
-from rhizome.engine.typecheck import compatible, needs_conversion
+from rhizome.engine.graphs.typecheck import compatible, needs_conversion
 
 if TYPE_CHECKING:
-    from rhizome.engine.node import Node
-    from rhizome.engine.signature import Field
+    from rhizome.engine.call.signature import Field
+    from rhizome.engine.graphs.node import Node
 
 __all__ = (
     "Condition",

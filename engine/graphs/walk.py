@@ -4,7 +4,7 @@ Parameters, saving and its fingerprint, drawing, the optimizers' search spaces
 and the descriptions shown to a prompt model all see a graph through
 :func:`visits`, so they agree on which nodes exist and what they are called.
 What a node nests is its own business: it lists it in
-:meth:`~rhizome.engine.node.Node.children` (a graph its nodes, a ``Loop`` its
+:meth:`~rhizome.engine.graphs.node.Node.children` (a graph its nodes, a ``Loop`` its
 body, a sampling wrapper the node it wraps).
 
 A child named ``""`` is *transparent*: it shares its parent's path. That keeps
@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from rhizome.engine.graph import Graph
-    from rhizome.engine.node import Node
+    from rhizome.engine.graphs.graph import Graph
+    from rhizome.engine.graphs.node import Node
 
 __all__ = ("Visit", "graphs", "join", "visits", "walk")
 
@@ -59,7 +59,7 @@ def visits(root: Node) -> Iterator[Visit]:
 
 
 def _below(parent: Visit) -> Iterator[Visit]:
-    from rhizome.engine.graph import Graph
+    from rhizome.engine.graphs.graph import Graph
 
     node = parent.node
     for name, child in node.children():
@@ -81,7 +81,7 @@ def walk(root: Node) -> Iterator[tuple[str, Node]]:
 
 def graphs(root: Node) -> Iterator[tuple[str, Graph]]:
     """``(path, graph)`` for ``root`` (when a graph) and every graph nested in it."""
-    from rhizome.engine.graph import Graph
+    from rhizome.engine.graphs.graph import Graph
 
     for visit in visits(root):
         if isinstance(visit.node, Graph):

@@ -3,8 +3,8 @@
 Requests and replies are plain frozen dataclasses inside the process; the
 OpenAI-compatible client turns them into JSON bodies. A backend is anything with
 ``async complete(request, sample=...)`` plus usage and history accessors — the
-real HTTP client (:mod:`rhizome.engine.client`) and the scripted fake used by
-logic tests (:mod:`rhizome.engine.fake`).
+real HTTP client (:mod:`rhizome.engine.client.openai`) and the scripted fake used by
+logic tests (:mod:`rhizome.engine.client.fake`).
 """
 
 from __future__ import annotations

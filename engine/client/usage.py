@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import threading
 
+from rhizome.engine.client.protocol import Usage
 from rhizome.engine.errors import ConfigError
-from rhizome.engine.lm import Usage
 
 __all__ = ("Prices", "UsageTracker")
 

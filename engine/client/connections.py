@@ -3,7 +3,7 @@
 A chat client may serve several event loops over its life (each sync
 ``graph(...)`` call runs a fresh one, and thread-pool web servers run one per
 thread), so :class:`Connections` keeps one :class:`LoopState` per loop:
-rhizome's lean HTTP/1.1 pool (:mod:`rhizome.engine.http`), or an
+rhizome's lean HTTP/1.1 pool (:mod:`rhizome.engine.client.http_pool`), or an
 ``httpx.AsyncClient`` when a ``transport=`` is given or the environment sets a
 proxy. A loop's connections are closed when that loop shuts down (through the
 loop's async-generator shutdown hook) or by :meth:`Connections.aclose`.
@@ -29,8 +29,8 @@ from typing import Protocol
 
 import httpx
 
+from rhizome.engine.client.http_pool import HttpPool, Origin
 from rhizome.engine.errors import ConfigError
-from rhizome.engine.http import HttpPool, Origin
 
 __all__ = (
     "USER_AGENT",

@@ -30,17 +30,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 import anyio
 import networkx as nx
 
-from rhizome.engine import batch as _batch
-from rhizome.engine import params as _params
-from rhizome.engine import saving as _saving
+from rhizome.engine.batches import batch as _batch
+from rhizome.engine.call.signature import Field
 from rhizome.engine.errors import GraphError
-from rhizome.engine.mermaid import to_mermaid
-from rhizome.engine.node import Node
-from rhizome.engine.scheduler import current_path, execute, run_traced
-from rhizome.engine.signature import Field
-from rhizome.engine.trace import Trace
-from rhizome.engine.walk import walk
-from rhizome.engine.wiring import (
+from rhizome.engine.graphs import params as _params
+from rhizome.engine.graphs import saving as _saving
+from rhizome.engine.graphs.mermaid import to_mermaid
+from rhizome.engine.graphs.node import Node
+from rhizome.engine.graphs.plan import (
     Condition,
     Plan,
     Source,
@@ -50,11 +47,14 @@ from rhizome.engine.wiring import (
     node_of,
     unknown_node,
 )
+from rhizome.engine.graphs.scheduler import current_path, execute, run_traced
+from rhizome.engine.graphs.walk import walk
+from rhizome.engine.trace import Trace
 
 if TYPE_CHECKING:
-    from rhizome.engine.batch import BatchResult
+    from rhizome.engine.batches.batch import BatchResult
+    from rhizome.engine.client.protocol import LM
     from rhizome.engine.example import Example, Prediction
-    from rhizome.engine.lm import LM
 
 __all__ = ("Graph",)
 
@@ -215,7 +215,7 @@ class Graph(Node):
 
         - ``name``: the graph's name;
         - ``order``: the node names in a topological order;
-        - ``nodes``: per node a :class:`~rhizome.engine.wiring.NodePlan`: the
+        - ``nodes``: per node a :class:`~rhizome.engine.graphs.plan.NodePlan`: the
           node object, the nodes it waits for, where each input comes from
           (feeding outputs in connection order, or the graph input of the same
           name), which inputs are required, the edge conditions (routers), and
@@ -223,7 +223,7 @@ class Graph(Node):
         - ``inputs``, ``optional_inputs``, ``outputs``: the graph's fields;
         - ``output_sources``: which node outputs give each graph output.
 
-        Run a plan with :func:`rhizome.engine.scheduler.run_traced`, or the
+        Run a plan with :func:`rhizome.engine.graphs.scheduler.run_traced`, or the
         graph itself with :meth:`run`.
 
         Raises:
@@ -349,7 +349,7 @@ class Graph(Node):
 
         With ``run_dir``, each finished result is journaled there and a rerun on
         the same directory skips the examples already done (resume). See
-        :func:`rhizome.engine.batch.run_batch`.
+        :func:`rhizome.engine.batches.batch.run_batch`.
         """
         return await _batch.run_batch(
             self, examples, concurrency=concurrency, lm=lm, progress=progress, run_dir=run_dir
@@ -367,7 +367,7 @@ class Graph(Node):
         """Like :meth:`batch`, yielding each result as it finishes.
 
         With ``run_dir``, results already journaled there come first. See
-        :func:`rhizome.engine.batch.stream_batch`.
+        :func:`rhizome.engine.batches.batch.stream_batch`.
         """
         return _batch.stream_batch(
             self, examples, concurrency=concurrency, lm=lm, progress=progress, run_dir=run_dir
@@ -380,7 +380,7 @@ class Graph(Node):
 
         The slots are those each node declares (instruction, demos,
         temperature and LM of every predictor; ``k`` of retrieval nodes; any
-        slot a custom node declares); see :mod:`rhizome.engine.params`.
+        slot a custom node declares); see :mod:`rhizome.engine.graphs.params`.
         """
         return _params.named_parameters(self)
 
@@ -421,7 +421,7 @@ class Graph(Node):
     # -- saving and drawing --------------------------------------------------
 
     def save(self, path: str | Path, *, lms: Mapping[str, LM] | None = None) -> None:
-        """Write every parameter to a JSON file (see :mod:`rhizome.engine.saving`).
+        """Write every parameter to a JSON file (see :mod:`rhizome.engine.graphs.saving`).
 
         Args:
             path: Where to write.

@@ -1,10 +1,10 @@
 """Named parameters: the one door through which tunable state is read and written.
 
 Every node declares its tunable slots in
-:meth:`~rhizome.engine.node.Node.parameter_slots`: a predictor's
+:meth:`~rhizome.engine.graphs.node.Node.parameter_slots`: a predictor's
 ``instruction``, ``demos``, ``temperature`` and ``lm``; a ``Retrieve`` node's
 ``k``; whatever a custom node declares. A parameter's name is the node's path
-(from :mod:`rhizome.engine.walk`) and the slot: ``"answer.instruction"``,
+(from :mod:`rhizome.engine.graphs.walk`) and the slot: ``"answer.instruction"``,
 ``"agent.step.demos"``, ``"hops.search.k"``.
 
 :func:`named_parameters` reads them, :func:`set_parameters` writes them (every
@@ -20,12 +20,12 @@ import difflib
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
+from rhizome.engine.client.protocol import LM
 from rhizome.engine.errors import GraphError
-from rhizome.engine.lm import LM
-from rhizome.engine.walk import join, walk
+from rhizome.engine.graphs.walk import join, walk
 
 if TYPE_CHECKING:
-    from rhizome.engine.node import Node
+    from rhizome.engine.graphs.node import Node
 
 __all__ = (
     "Slot",

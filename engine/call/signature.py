@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Literal
 import pydantic
 
 from rhizome.engine.errors import SignatureError
-from rhizome.engine.typecheck import convert
+from rhizome.engine.graphs.typecheck import convert
 
 __all__ = (
     "Field",
@@ -94,7 +94,7 @@ class Field:
         """``value`` checked against this field's type and converted the lenient way.
 
         ``"3"`` becomes ``3`` for an ``int`` field, a tuple a list, a number its
-        text for a ``str`` field; the rule is in :mod:`rhizome.engine.typecheck`.
+        text for a ``str`` field; the rule is in :mod:`rhizome.engine.graphs.typecheck`.
 
         Raises:
             TypeError: The value is not of the field's type; the message says why.

@@ -1,6 +1,6 @@
 """Grouped configuration objects built from the flat keywords users already write.
 
-Constructors such as :class:`~rhizome.engine.client.OpenAILM` and
+Constructors such as :class:`~rhizome.engine.client.openai.OpenAILM` and
 :class:`~rhizome.optimizers.joint.JointSearch` take frozen option groups
 (``retry=RetryPolicy(...)``) and, for the forms written before the groups
 existed, the same options as flat keywords (``max_retries=3``). A flat keyword

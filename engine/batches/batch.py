@@ -8,7 +8,7 @@ recorded in its result and never stops the batch. Concurrency is bounded by a
 limit, so batches nested inside optimizers never multiply the load on a server.
 
 With ``run_dir=...`` every finished result is also appended to
-``run_dir/results.jsonl`` (see :mod:`rhizome.engine.journal`), and a batch
+``run_dir/results.jsonl`` (see :mod:`rhizome.engine.batches.journal`), and a batch
 started again on the same directory skips the examples already recorded:
 an interrupted batch resumes instead of starting over. Only successes count as
 done: failed examples run again on resume. Results read back from the journal
@@ -35,20 +35,20 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import anyio
 
-from rhizome.engine import params, saving
-from rhizome.engine.collector import calm_collector
+from rhizome.engine.batches.gc_scope import calm_collector
+from rhizome.engine.batches.journal import Journal
+from rhizome.engine.batches.progress import Progress
 from rhizome.engine.context import context
 from rhizome.engine.errors import ConfigError, describe
 from rhizome.engine.example import Example, Prediction
-from rhizome.engine.journal import Journal
-from rhizome.engine.progress import Progress
-from rhizome.engine.scheduler import run_traced
+from rhizome.engine.graphs import params, saving
+from rhizome.engine.graphs.scheduler import run_traced
 from rhizome.engine.trace import Trace, jsonable
 
 if TYPE_CHECKING:
-    from rhizome.engine.graph import Graph
-    from rhizome.engine.lm import LM
-    from rhizome.engine.wiring import Plan
+    from rhizome.engine.client.protocol import LM
+    from rhizome.engine.graphs.graph import Graph
+    from rhizome.engine.graphs.plan import Plan
 
 __all__ = ("BatchResult", "ExampleLike", "run_batch", "stream_batch")
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import pydantic
 
+from rhizome.engine.call.signature import Field, enum_values, is_structured, type_name
 from rhizome.engine.errors import ParseError
-from rhizome.engine.signature import Field, enum_values, is_structured, type_name
 from rhizome.engine.trace import jsonable
 
 __all__ = (

@@ -1,6 +1,6 @@
 """The OpenAI-compatible chat client: httpx, retries, a shared concurrency cap, cache, usage.
 
-:class:`OpenAILM` implements the :class:`~rhizome.engine.lm.LM` protocol for any
+:class:`OpenAILM` implements the :class:`~rhizome.engine.client.protocol.LM` protocol for any
 server speaking ``POST {base_url}/chat/completions`` (OpenAI, vLLM, llama.cpp,
 Ollama, LiteLLM ...).
 
@@ -15,7 +15,7 @@ timeouts, a 200 whose body is not a chat completion) are retried up to
 ``Retry-After``; then, or at once for other statuses, a typed
 :class:`~rhizome.engine.errors.LMError` is raised.
 
-Requests go through rhizome's lean HTTP/1.1 pool (:mod:`rhizome.engine.http`),
+Requests go through rhizome's lean HTTP/1.1 pool (:mod:`rhizome.engine.client.http_pool`),
 whose cost per request does not grow with the number of connections, unlike
 one big httpx pool; the request head is rendered once per client. A
 ``transport=`` (e.g. ``httpx.MockTransport``), or a proxy set in the
@@ -28,9 +28,9 @@ that loop shuts down (through the loop's async-generator shutdown hook) or by
 :meth:`OpenAILM.aclose`. The API key is sent in the ``Authorization`` header
 only: it never appears in ``repr``, history, logs or error messages.
 
-The parts live beside it: the wire format in :mod:`rhizome.engine.wire`, the
-retry policy in :mod:`rhizome.engine.retry`, and the per-loop connections and
-shared adaptive limiter in :mod:`rhizome.engine.connections`.
+The parts live beside it: the wire format in :mod:`rhizome.engine.client.wire_format`, the
+retry policy in :mod:`rhizome.engine.client.retry`, and the per-loop connections and
+shared adaptive limiter in :mod:`rhizome.engine.client.connections`.
 """
 
 from __future__ import annotations
@@ -48,34 +48,34 @@ import anyio
 import httpx
 from pydantic import ValidationError
 
-from rhizome.engine.cache import ResponseCache, default_cache
-from rhizome.engine.connections import USER_AGENT as USER_AGENT
-from rhizome.engine.connections import Connections, LoopState
-from rhizome.engine.errors import (
-    ConfigError,
-    LMConnectionError,
-    LMError,
-    LMReplyError,
-    LMTimeoutError,
-)
-from rhizome.engine.lm import Capabilities, HistoryEntry, LMRequest, LMResponse
-from rhizome.engine.options import grouped
-from rhizome.engine.retry import Failure, RetryPolicy, backoff_wait, status_failure
-from rhizome.engine.usage import Prices, UsageTracker
-from rhizome.engine.wire import ChatCompletion as ChatCompletion
-from rhizome.engine.wire import ChatRequest as ChatRequest
-from rhizome.engine.wire import WireChoice as WireChoice
-from rhizome.engine.wire import WireFunction as WireFunction
-from rhizome.engine.wire import WireMessage as WireMessage
-from rhizome.engine.wire import WireToolCall as WireToolCall
-from rhizome.engine.wire import WireUsage as WireUsage
-from rhizome.engine.wire import (
+from rhizome.engine.client.cache import ResponseCache, default_cache
+from rhizome.engine.client.connections import USER_AGENT as USER_AGENT
+from rhizome.engine.client.connections import Connections, LoopState
+from rhizome.engine.client.options import grouped
+from rhizome.engine.client.protocol import Capabilities, HistoryEntry, LMRequest, LMResponse
+from rhizome.engine.client.retry import Failure, RetryPolicy, backoff_wait, status_failure
+from rhizome.engine.client.usage import Prices, UsageTracker
+from rhizome.engine.client.wire_format import ChatCompletion as ChatCompletion
+from rhizome.engine.client.wire_format import ChatRequest as ChatRequest
+from rhizome.engine.client.wire_format import WireChoice as WireChoice
+from rhizome.engine.client.wire_format import WireFunction as WireFunction
+from rhizome.engine.client.wire_format import WireMessage as WireMessage
+from rhizome.engine.client.wire_format import WireToolCall as WireToolCall
+from rhizome.engine.client.wire_format import WireUsage as WireUsage
+from rhizome.engine.client.wire_format import (
     decode_cached,
     dumps,
     encode_cached,
     fast_parse,
     read_completion,
     request_body,
+)
+from rhizome.engine.errors import (
+    ConfigError,
+    LMConnectionError,
+    LMError,
+    LMReplyError,
+    LMTimeoutError,
 )
 
 __all__ = (
@@ -182,7 +182,7 @@ class OpenAILM:
         temperature: Default sampling temperature when a request sets none.
         max_tokens: Default completion limit when a request sets none.
         cache: ``"default"`` (the user cache file, unless ``RHIZOME_CACHE=0``),
-            a :class:`~rhizome.engine.cache.ResponseCache`, or None for no cache.
+            a :class:`~rhizome.engine.client.cache.ResponseCache`, or None for no cache.
         capabilities: What the server supports; default JSON schema, tools and n.
         prices: Token prices, to report cost.
         headers: Extra HTTP headers sent with every request.
@@ -345,7 +345,7 @@ class OpenAILM:
             LMTimeoutError: The server did not answer in time after all retries.
             LMReplyError: The server kept answering bodies that are not chat completions.
             ConfigError: ``request.n`` is above 1 but the capabilities say the
-                server samples one per request (:func:`~rhizome.engine.calling.run_predictor`
+                server samples one per request (:func:`~rhizome.engine.call.run.run_predictor`
                 sends such calls as ``n`` requests).
         """
         if request.n > 1 and not self._caps.n:

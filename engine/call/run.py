@@ -1,7 +1,7 @@
 """Running a predictor: the one place a predictor's LM call happens.
 
 :func:`run_predictor` renders the call with the predictor's adapter
-(:mod:`rhizome.engine.adapters`), sends it, parses the reply and logs an
+(:mod:`rhizome.engine.call.adapters`), sends it, parses the reply and logs an
 :class:`LMCall` into the current node record for every request. When the reply
 cannot be used it recovers in a fixed order, each step noted in the trace: a
 server refusing ``response_format`` gets the request without it (remembered
@@ -32,15 +32,15 @@ from typing import TYPE_CHECKING, Any, overload
 import anyio
 from anyio.lowlevel import RunVar
 
+from rhizome.engine.call.signature import Signature
+from rhizome.engine.client.protocol import LM, Choice, LMRequest, LMResponse, ToolCall, Usage
 from rhizome.engine.context import resolve_lm, settings
 from rhizome.engine.errors import LMStatusError, ParseError, SignatureError
-from rhizome.engine.lm import LM, Choice, LMRequest, LMResponse, ToolCall, Usage
-from rhizome.engine.signature import Signature
 from rhizome.engine.trace import LMCall, current_record, log_call
 
 if TYPE_CHECKING:
-    from rhizome.engine.adapters import Adapter, RenderedPrompt
-    from rhizome.engine.predictor import Predictor
+    from rhizome.engine.call.adapters import Adapter, RenderedPrompt
+    from rhizome.engine.call.predictor import Predictor
 
 __all__ = ("Sample", "ToolUse", "run_predictor")
 
@@ -345,7 +345,7 @@ class _Call:
 
         This is the one place ``n`` is fanned out, for every LM implementation.
         Sample ``i`` of a call made at ``settings().sample == s`` goes out with
-        sample index ``s * n + i`` (as :class:`~rhizome.engine.fake.FakeLM`
+        sample index ``s * n + i`` (as :class:`~rhizome.engine.client.fake.FakeLM`
         numbers the choices of one request), so each has its own cache key, the
         same on every run, and the replies come back in sample order.
         """
@@ -564,7 +564,7 @@ def _response_format_for(lm: LM, request: LMRequest) -> dict[str, Any] | None:
 def _checked_inputs(signature: Signature, inputs: Mapping[str, Any], path: str) -> dict[str, Any]:
     """The signature's inputs taken from ``inputs``, each checked against its field's type.
 
-    Values are converted the lenient way :mod:`rhizome.engine.typecheck` describes
+    Values are converted the lenient way :mod:`rhizome.engine.graphs.typecheck` describes
     (``"3"`` for an ``int``, a tuple for a list); text for a ``str`` field, nearly
     every input, costs one ``isinstance`` check.
 
@@ -618,18 +618,18 @@ async def _select_demos(predictor: Predictor, inputs: Mapping[str, Any]) -> list
 
 
 def _default_adapter(lm: LM, signature: Signature) -> Adapter:
-    from rhizome.engine.adapters import default_adapter
+    from rhizome.engine.call.adapters import default_adapter
 
     return default_adapter(lm, signature)
 
 
 def _text_adapter() -> Adapter:
-    from rhizome.engine.adapters import TextAdapter
+    from rhizome.engine.call.adapters import TextAdapter
 
     return TextAdapter()
 
 
 def _is_json(adapter: Adapter) -> bool:
-    from rhizome.engine.adapters import JSONAdapter
+    from rhizome.engine.call.adapters import JSONAdapter
 
     return isinstance(adapter, JSONAdapter)

@@ -25,14 +25,14 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from rhizome.engine.calling import run_predictor
+from rhizome.engine.call.run import run_predictor
+from rhizome.engine.call.signature import Signature
 from rhizome.engine.errors import ConfigError
-from rhizome.engine.params import Slot, demos_problem, lm_problem, text_problem
-from rhizome.engine.signature import Signature
+from rhizome.engine.graphs.params import Slot, demos_problem, lm_problem, text_problem
 
 if TYPE_CHECKING:
-    from rhizome.engine.adapters import Adapter
-    from rhizome.engine.lm import LM
+    from rhizome.engine.call.adapters import Adapter
+    from rhizome.engine.client.protocol import LM
 
 __all__ = ("Predictor", "temperature_problem")
 
@@ -119,7 +119,7 @@ class Predictor:
         return new
 
     def parameter_slots(self) -> dict[str, Slot]:
-        """The tunable slots, by slot name (see :mod:`rhizome.engine.params`)."""
+        """The tunable slots, by slot name (see :mod:`rhizome.engine.graphs.params`)."""
         return {
             "instruction": Slot(self, "instruction", text_problem),
             "demos": Slot(self, "demos", demos_problem),

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rhizome.engine.walk import graphs, visits
+from rhizome.engine.graphs.walk import graphs, visits
 
 if TYPE_CHECKING:
-    from rhizome.engine.graph import Graph
+    from rhizome.engine.graphs.graph import Graph
 
 __all__ = ("to_mermaid",)
 
