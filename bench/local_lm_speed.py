@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from rhizome.tools.local_server import start_local_server
+from rhizome.tools.embedded.server import start_local_server
 
 _FILLER = (
     "The archive of the harbour office lists ships, cargoes and the weather of each day. "

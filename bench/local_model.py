@@ -95,7 +95,7 @@ async def prefix_probe(lm: Any) -> dict[str, Any]:
 
 async def run(n: int, threads: int | None, max_tokens: int) -> dict[str, Any]:
     """Start the embedded model once (8 slots) and measure at concurrency 1, 4 and 8."""
-    from rhizome.tools.local_lm import async_local_lm
+    from rhizome.tools.embedded.lm import async_local_lm
 
     out: dict[str, Any] = {"threads": threads or os.cpu_count(), "runs": []}
     async with async_local_lm(n_parallel=8, ctx_size=1024, threads=threads, cache=None) as lm:

@@ -25,7 +25,7 @@ from rhizome.optimizers.bootstrap import BootstrapFewShot
 from rhizome.optimizers.evaluate import Evaluate
 from rhizome.optimizers.joint import JointSearch
 from rhizome.optimizers.metrics import exact_match
-from rhizome.tools.local_lm import local_lm
+from rhizome.tools.embedded.lm import local_lm
 
 
 async def _dev_score(graph: Graph, dev: list[Any], lm: LM, out: Path, name: str) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from rhizome.engine.client.protocol import LM
 from rhizome.engine.example import Example
 from rhizome.nodes.retrieve import Retrieve
 from rhizome.optimizers.metrics import exact_match
-from rhizome.tools.local_lm import local_lm
+from rhizome.tools.embedded.lm import local_lm
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

@@ -34,7 +34,7 @@ from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes import predict as predict_module
 from rhizome.nodes.predict import ChainOfThought, Predict
 from rhizome.optimizers.metrics import exact_match
-from rhizome.tools.local_lm import local_lm
+from rhizome.tools.embedded.lm import local_lm
 
 
 async def measure(lm: Any, graph: Graph, dev: list[Any]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """ProgramOfThought: the model writes a Python program, a sandbox runs it, its output answers.
 
 1. ``generate`` writes a program that prints the answer.
-2. The program runs in a :class:`~rhizome.tools.sandbox.PythonSandbox` (a
+2. The program runs in a :class:`~rhizome.tools.agent.sandbox.PythonSandbox` (a
    separate, limited process).
 3. If it fails (an exception, a limit, no output), ``regenerate`` sees the
    program and the error and writes a corrected one, up to ``max_retries`` times.
@@ -20,7 +20,7 @@ from rhizome.engine.call.predictor import Predictor
 from rhizome.engine.call.signature import Field, Signature
 from rhizome.engine.errors import ConfigError, ParseError, RhizomeError
 from rhizome.engine.graphs.node import Node
-from rhizome.tools.sandbox import PythonSandbox
+from rhizome.tools.agent.sandbox import PythonSandbox
 
 if TYPE_CHECKING:
     from rhizome.engine.client.protocol import LM
@@ -56,7 +56,7 @@ class ProgramOfThought(Node):
     Args:
         signature: The task (``"question -> answer: float"``).
         sandbox: Where programs run; the default limits are
-            :class:`~rhizome.tools.sandbox.PythonSandbox`'s.
+            :class:`~rhizome.tools.agent.sandbox.PythonSandbox`'s.
         max_retries: Corrected programs to ask for after a failure.
         direct: Read the outputs from the printed text when it parses, saving
             the ``answer`` call; False always asks the ``answer`` predictor.

@@ -39,7 +39,7 @@ from rhizome.engine.context import resolve_lm
 from rhizome.engine.errors import ConfigError, ParseError
 from rhizome.engine.graphs.node import Node
 from rhizome.engine.trace import current_record
-from rhizome.tools.tool import Tool, tool
+from rhizome.tools.agent.tool import Tool, tool
 
 if TYPE_CHECKING:
     from rhizome.engine.call.adapters import Adapter
@@ -82,7 +82,7 @@ class ReAct(Node):
 
     Args:
         signature: The task (``"question -> answer"``).
-        tools: The tools the agent may call (:class:`~rhizome.tools.tool.Tool`
+        tools: The tools the agent may call (:class:`~rhizome.tools.agent.tool.Tool`
             objects, or typed functions, wrapped with ``@tool``). Shared, not
             copied, by :meth:`copy`.
         max_steps: Tool calls at most before ``extract`` answers from the trajectory.

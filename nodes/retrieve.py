@@ -19,7 +19,7 @@ from rhizome.engine.errors import ConfigError
 from rhizome.engine.graphs.node import Node
 from rhizome.engine.graphs.params import Slot, count_problem
 from rhizome.engine.trace import current_record
-from rhizome.tools.retrievers import Passage, Retriever, check_k
+from rhizome.tools.retrieval.retrievers import Passage, Retriever, check_k
 
 __all__ = ("Retrieve",)
 
@@ -35,8 +35,8 @@ class Retrieve(Node):
     """A node that searches a retriever.
 
     Args:
-        retriever: Where to search (:class:`~rhizome.tools.chroma.ChromaRetriever`,
-            :class:`~rhizome.tools.colbert.ColBERTv2`, ...). Shared, not copied,
+        retriever: Where to search (:class:`~rhizome.tools.retrieval.chroma.ChromaRetriever`,
+            :class:`~rhizome.tools.retrieval.colbert.ColBERTv2`, ...). Shared, not copied,
             by :meth:`copy`.
         k: Passages to return; tunable.
         query: Name of the input holding one query string.

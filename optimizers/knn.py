@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from rhizome.engine.example import Example
     from rhizome.engine.graphs.graph import Graph
     from rhizome.optimizers.metrics import Metric
-    from rhizome.tools.embeddings import Embedder
+    from rhizome.tools.retrieval.embeddings import Embedder
 
 __all__ = ("DemoSelector", "KNNFewShot", "demo_text", "embed_texts")
 

@@ -80,24 +80,24 @@ from rhizome.optimizers.propose import COPRO as COPRO
 from rhizome.optimizers.propose import propose_instructions as propose_instructions
 from rhizome.optimizers.random_search import RandomSearch as RandomSearch
 from rhizome.optimizers.trials import Budget as Budget
-from rhizome.tools.calculator import calculator as calculator
-from rhizome.tools.http import make_http_get as make_http_get
-from rhizome.tools.retrievers import InMemoryRetriever as InMemoryRetriever
-from rhizome.tools.retrievers import Passage as Passage
-from rhizome.tools.retrievers import Retriever as Retriever
-from rhizome.tools.retrievers import RetrieverError as RetrieverError
-from rhizome.tools.sandbox import PythonSandbox as PythonSandbox
-from rhizome.tools.search import make_search_tool as make_search_tool
-from rhizome.tools.tool import Tool as Tool
-from rhizome.tools.tool import tool as tool
+from rhizome.tools.agent.calculator import calculator as calculator
+from rhizome.tools.agent.http_get import make_http_get as make_http_get
+from rhizome.tools.agent.sandbox import PythonSandbox as PythonSandbox
+from rhizome.tools.agent.search import make_search_tool as make_search_tool
+from rhizome.tools.agent.tool import Tool as Tool
+from rhizome.tools.agent.tool import tool as tool
+from rhizome.tools.retrieval.retrievers import InMemoryRetriever as InMemoryRetriever
+from rhizome.tools.retrieval.retrievers import Passage as Passage
+from rhizome.tools.retrieval.retrievers import Retriever as Retriever
+from rhizome.tools.retrieval.retrievers import RetrieverError as RetrieverError
 
 _LAZY = {
-    "ChromaRetriever": "rhizome.tools.chroma",
-    "ColBERTv2": "rhizome.tools.colbert",
-    "MiniLMEmbedder": "rhizome.tools.embeddings",
-    "index_documents": "rhizome.tools.indexing",
-    "local_lm": "rhizome.tools.local_lm",
-    "async_local_lm": "rhizome.tools.local_lm",
+    "ChromaRetriever": "rhizome.tools.retrieval.chroma",
+    "ColBERTv2": "rhizome.tools.retrieval.colbert",
+    "MiniLMEmbedder": "rhizome.tools.retrieval.embeddings",
+    "index_documents": "rhizome.tools.retrieval.indexing",
+    "local_lm": "rhizome.tools.embedded.lm",
+    "async_local_lm": "rhizome.tools.embedded.lm",
 }
 
 __all__ = (

@@ -120,7 +120,7 @@ def open_lm(args: argparse.Namespace) -> Iterator[LM | None]:
     """The LM the options ask for (started and stopped here for ``--local``), or None."""
     cache: Any = "default" if args.cache else None
     if args.local:
-        from rhizome.tools.local_lm import local_lm
+        from rhizome.tools.embedded.lm import local_lm
 
         with local_lm(n_parallel=min(args.max_concurrency, 4), cache=cache) as lm:
             yield lm

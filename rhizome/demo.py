@@ -24,7 +24,7 @@ from rhizome.nodes.retrieve import Retrieve
 from rhizome.optimizers.bootstrap import BootstrapFewShot
 from rhizome.optimizers.evaluate import Evaluate, EvaluationResult
 from rhizome.optimizers.metrics import exact_match
-from rhizome.tools.retrievers import Retriever
+from rhizome.tools.retrieval.retrievers import Retriever
 
 __all__ = (
     "DemoOptions",
@@ -173,8 +173,8 @@ def format_table(rows: list[Stage]) -> str:
 
 def build_index(out: Path) -> Any:
     """Index the bundled corpus into chromadb under ``out`` (re-runs add nothing)."""
-    from rhizome.tools.chroma import ChromaRetriever
-    from rhizome.tools.indexing import index_documents
+    from rhizome.tools.retrieval.chroma import ChromaRetriever
+    from rhizome.tools.retrieval.indexing import index_documents
 
     retriever = ChromaRetriever("multihop", path=out / "index")
     stats = index_documents(retriever, load_multihop_corpus(), progress=True)
@@ -229,7 +229,7 @@ async def _evaluate(
 
 def run_demo(options: DemoOptions) -> list[Stage]:
     """Run the whole main job and print the before/after table on stdout."""
-    from rhizome.tools.local_lm import local_lm
+    from rhizome.tools.embedded.lm import local_lm
 
     t0 = time.perf_counter()
     options.out.mkdir(parents=True, exist_ok=True)

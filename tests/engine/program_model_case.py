@@ -25,7 +25,7 @@ from rhizome.nodes.retrieve import Retrieve
 from rhizome.nodes.router import Router, route_to
 from rhizome.nodes.sampling import BestOfN
 from rhizome.optimizers.ensemble import Ensemble
-from rhizome.tools.retrievers import InMemoryRetriever
+from rhizome.tools.retrieval.retrievers import InMemoryRetriever
 
 DOCS = [
     "Ada Lovelace was born in London.",

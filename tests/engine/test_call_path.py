@@ -31,7 +31,7 @@ from rhizome.engine.graphs.graph import Graph
 from rhizome.engine.trace import NodeRecord, Trace, node_record, recording
 from rhizome.nodes.function import FunctionNode
 from rhizome.nodes.react import ReAct
-from rhizome.tools.calculator import calculator
+from rhizome.tools.agent.calculator import calculator
 from tests.server import OpenAIServer, Reply
 
 

@@ -24,7 +24,7 @@ from rhizome.nodes.retrieve import Retrieve
 from rhizome.optimizers.describe import describe_graph
 from rhizome.optimizers.joint import JointSearch
 from rhizome.optimizers.space import scalar_dimensions
-from rhizome.tools.retrievers import InMemoryRetriever
+from rhizome.tools.retrieval.retrievers import InMemoryRetriever
 from tests.engine.program_model_case import (
     DOCS,
     PATHS,

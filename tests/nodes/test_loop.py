@@ -14,7 +14,7 @@ from rhizome.nodes.function import FunctionNode
 from rhizome.nodes.loop import Loop
 from rhizome.nodes.predict import Predict
 from rhizome.nodes.retrieve import Retrieve
-from rhizome.tools.retrievers import InMemoryRetriever
+from rhizome.tools.retrieval.retrievers import InMemoryRetriever
 
 DOCS = [
     "Ada Lovelace was born in London.",

@@ -9,7 +9,7 @@ from rhizome.engine.client.protocol import LMRequest
 from rhizome.engine.errors import ConfigError, NodeError
 from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.program_of_thought import ProgramError, ProgramOfThought
-from rhizome.tools.sandbox import PythonSandbox
+from rhizome.tools.agent.sandbox import PythonSandbox
 
 SANDBOX = PythonSandbox(wall_time=10, cpu_time=5)
 

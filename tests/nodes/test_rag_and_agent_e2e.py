@@ -25,11 +25,11 @@ from rhizome.nodes.loop import Loop
 from rhizome.nodes.predict import ChainOfThought, Predict
 from rhizome.nodes.react import ReAct
 from rhizome.nodes.retrieve import Retrieve
-from rhizome.tools.calculator import calculator
-from rhizome.tools.chroma import ChromaRetriever
-from rhizome.tools.embeddings import MiniLMEmbedder
-from rhizome.tools.indexing import index_documents
-from rhizome.tools.tool import FunctionTool, tool
+from rhizome.tools.agent.calculator import calculator
+from rhizome.tools.agent.tool import FunctionTool, tool
+from rhizome.tools.retrieval.chroma import ChromaRetriever
+from rhizome.tools.retrieval.embeddings import MiniLMEmbedder
+from rhizome.tools.retrieval.indexing import index_documents
 from tests.server import OpenAIServer, Reply
 
 pytestmark = pytest.mark.slow

@@ -22,8 +22,8 @@ from rhizome.engine.context import context
 from rhizome.engine.errors import ConfigError
 from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.react import ReAct, format_trajectory
-from rhizome.tools.calculator import calculator
-from rhizome.tools.tool import tool
+from rhizome.tools.agent.calculator import calculator
+from rhizome.tools.agent.tool import tool
 
 
 @tool

@@ -11,10 +11,10 @@ from rhizome.engine.errors import ConfigError
 from rhizome.engine.graphs.graph import Graph
 from rhizome.engine.trace import NodeRecord, node_record
 from rhizome.nodes.retrieve import Retrieve
-from rhizome.tools.chroma import ChromaRetriever
-from rhizome.tools.embeddings import MiniLMEmbedder
-from rhizome.tools.indexing import index_documents
-from rhizome.tools.retrievers import InMemoryRetriever, Passage
+from rhizome.tools.retrieval.chroma import ChromaRetriever
+from rhizome.tools.retrieval.embeddings import MiniLMEmbedder
+from rhizome.tools.retrieval.indexing import index_documents
+from rhizome.tools.retrieval.retrievers import InMemoryRetriever, Passage
 
 RIVERS = [
     {"id": "nile", "title": "Nile", "text": "The Nile flows north through Egypt to the sea."},

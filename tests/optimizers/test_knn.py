@@ -14,7 +14,7 @@ from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.predict import ChainOfThought, Predict
 from rhizome.optimizers.knn import DemoSelector, KNNFewShot
 from rhizome.optimizers.metrics import exact_match
-from rhizome.tools.embeddings import HashEmbedder
+from rhizome.tools.retrieval.embeddings import HashEmbedder
 
 TRAIN = [
     Example(question="What is the capital of France?", answer="Paris"),

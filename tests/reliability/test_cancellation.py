@@ -24,7 +24,7 @@ from rhizome.engine.client.openai import OpenAILM
 from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.function import FunctionNode
 from rhizome.nodes.predict import Predict
-from rhizome.tools.sandbox import PythonSandbox
+from rhizome.tools.agent.sandbox import PythonSandbox
 from tests.reliability.faults import echo_answer, question_tag
 from tests.reliability.procs import (
     alive,
@@ -207,7 +207,7 @@ async def test_cancelling_a_batch_kills_its_sandbox_processes() -> None:
 
 SANDBOX_SCRIPT = """
 import anyio
-from rhizome.tools.sandbox import PythonSandbox
+from rhizome.tools.agent.sandbox import PythonSandbox
 
 async def main():
     await PythonSandbox(wall_time=60, cpu_time=60).run("import time\\ntime.sleep(60)")
@@ -238,7 +238,7 @@ LOCAL_MODEL_SCRIPT = """
 import sys, anyio
 from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.predict import Predict
-from rhizome.tools.local_lm import async_local_lm
+from rhizome.tools.embedded.lm import async_local_lm
 
 async def main():
     log, run_dir = sys.argv[1], sys.argv[2]

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from rhizome.tools.calculator import CalculatorError, calculator, evaluate, format_number
-from rhizome.tools.tool import ToolArgumentError, ToolError
+from rhizome.tools.agent.calculator import CalculatorError, calculator, evaluate, format_number
+from rhizome.tools.agent.tool import ToolArgumentError, ToolError
 
 
 @pytest.mark.parametrize(

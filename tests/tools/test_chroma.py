@@ -21,10 +21,10 @@ import pytest
 from chromadb.config import Settings
 
 from rhizome.engine.errors import ConfigError
-from rhizome.tools.chroma import ChromaRetriever, ExternalEmbedding
-from rhizome.tools.embeddings import HashEmbedder, MiniLMEmbedder
-from rhizome.tools.indexing import index_documents
-from rhizome.tools.retrievers import Passage
+from rhizome.tools.retrieval.chroma import ChromaRetriever, ExternalEmbedding
+from rhizome.tools.retrieval.embeddings import HashEmbedder, MiniLMEmbedder
+from rhizome.tools.retrieval.indexing import index_documents
+from rhizome.tools.retrieval.retrievers import Passage
 
 FACTS = {
     "Mars": ("space", "Mars is called the red planet because iron oxide colours its surface."),
@@ -201,9 +201,9 @@ def test_reopening_in_a_fresh_process_works_offline(facts: ChromaRetriever, db_p
             raise SystemExit("chromadb's default embedding function was called")
 
         DefaultEmbeddingFunction.__call__ = forbidden
-        import rhizome.tools.embeddings  # registers rhizome-minilm with chromadb
+        import rhizome.tools.retrieval.embeddings  # registers rhizome-minilm with chromadb
         import anyio
-        from rhizome.tools.chroma import ChromaRetriever
+        from rhizome.tools.retrieval.chroma import ChromaRetriever
 
         path = sys.argv[1]
         client = chromadb.PersistentClient(path, settings=Settings(anonymized_telemetry=False))

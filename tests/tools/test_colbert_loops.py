@@ -18,7 +18,7 @@ import pytest
 from rhizome.engine.errors import ConfigError
 from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.retrieve import Retrieve
-from rhizome.tools.colbert import ColBERTv2
+from rhizome.tools.retrieval.colbert import ColBERTv2
 from tests.tools.test_retrievers import TEXTS, FakeColBERT
 
 

@@ -11,7 +11,7 @@ import pytest
 from chromadb.utils.embedding_functions import known_embedding_functions
 
 from rhizome.engine.errors import ConfigError
-from rhizome.tools.embeddings import (
+from rhizome.tools.retrieval.embeddings import (
     MODEL_PACKAGE,
     Embedder,
     HashEmbedder,

@@ -10,14 +10,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from rhizome.engine.errors import ConfigError
-from rhizome.tools.http import (
+from rhizome.tools.agent.http_get import (
     FetchError,
     HostAllowList,
     HostNotAllowedError,
     HttpFetcher,
     make_http_get,
 )
-from rhizome.tools.tool import ToolError
+from rhizome.tools.agent.tool import ToolError
 
 
 @dataclass

@@ -10,10 +10,10 @@ import pytest
 from chromadb.config import Settings
 
 from rhizome.engine.errors import ConfigError
-from rhizome.tools.chroma import ChromaRetriever
-from rhizome.tools.embeddings import HashEmbedder
-from rhizome.tools.indexing import IndexStats, chunk_text, index_documents
-from rhizome.tools.retrievers import InMemoryRetriever
+from rhizome.tools.retrieval.chroma import ChromaRetriever
+from rhizome.tools.retrieval.embeddings import HashEmbedder
+from rhizome.tools.retrieval.indexing import IndexStats, chunk_text, index_documents
+from rhizome.tools.retrieval.retrievers import InMemoryRetriever
 
 LONG = " ".join(f"Sentence number {i} talks about topic{i} in some detail." for i in range(40))
 

@@ -17,9 +17,9 @@ from rhizome.engine.client.protocol import LMRequest
 from rhizome.engine.errors import ConfigError, LMConnectionError
 from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.predict import ChainOfThought
-from rhizome.tools import local_model
-from rhizome.tools.local_lm import LOCAL_CAPABILITIES, async_local_lm, local_lm
-from rhizome.tools.local_model import (
+from rhizome.tools.embedded import model as local_model
+from rhizome.tools.embedded.lm import LOCAL_CAPABILITIES, async_local_lm, local_lm
+from rhizome.tools.embedded.model import (
     MODEL_ENV,
     ModelSource,
     bundled_source,
@@ -28,7 +28,7 @@ from rhizome.tools.local_model import (
     default_model_path,
     resolve_model_path,
 )
-from rhizome.tools.local_server import LocalServerConfig
+from rhizome.tools.embedded.server import LocalServerConfig
 
 CHUNKS = (b"GGUF" + b"a" * 1000, b"b" * 777, b"c" * 5)
 
@@ -199,7 +199,7 @@ def test_server_start_failure_shows_log_tail(tmp_path: Path) -> None:
 
 _ORPHAN_SCRIPT = """
 import sys, time
-from rhizome.tools.local_server import start_local_server
+from rhizome.tools.embedded.server import start_local_server
 server = start_local_server(n_parallel=1, ctx_size=512, threads=1, log_path=sys.argv[1])
 print(server.pid, flush=True)
 time.sleep(600)

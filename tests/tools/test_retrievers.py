@@ -14,9 +14,9 @@ import anyio
 import pytest
 
 from rhizome.engine.errors import ConfigError
-from rhizome.tools.colbert import ColBERTv2
-from rhizome.tools.embeddings import HashEmbedder
-from rhizome.tools.retrievers import InMemoryRetriever, Passage, Retriever, matches
+from rhizome.tools.retrieval.colbert import ColBERTv2
+from rhizome.tools.retrieval.embeddings import HashEmbedder
+from rhizome.tools.retrieval.retrievers import InMemoryRetriever, Passage, Retriever, matches
 
 TEXTS = [
     "The Eiffel Tower is in Paris, France.",
@@ -261,7 +261,7 @@ async def test_colbert_concurrent_searches(colbert_server: FakeColBERT) -> None:
 async def test_colbert_server_failures_are_retriever_errors(
     colbert_server: FakeColBERT, query: str, message: str
 ) -> None:
-    from rhizome.tools.retrievers import RetrieverError
+    from rhizome.tools.retrieval.retrievers import RetrieverError
 
     async with ColBERTv2(colbert_server.url) as rm:
         with pytest.raises(RetrieverError, match=message):
@@ -269,7 +269,7 @@ async def test_colbert_server_failures_are_retriever_errors(
 
 
 async def test_colbert_unreachable_and_bad_arguments() -> None:
-    from rhizome.tools.retrievers import RetrieverError
+    from rhizome.tools.retrieval.retrievers import RetrieverError
 
     with pytest.raises(ConfigError, match="http://"):
         ColBERTv2("127.0.0.1:2017")

@@ -17,8 +17,8 @@ import anyio
 import pytest
 
 from rhizome.engine.errors import ConfigError
-from rhizome.tools import _sandbox_runner as runner
-from rhizome.tools.sandbox import PythonSandbox, SandboxResult, make_python_sandbox_tool
+from rhizome.tools.agent import _sandbox_runner as runner
+from rhizome.tools.agent.sandbox import PythonSandbox, SandboxResult, make_python_sandbox_tool
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="the sandbox needs POSIX")
 
@@ -304,7 +304,7 @@ def test_hook_functions_read_no_globals() -> None:
 
 _PARENT_SCRIPT = """
 import anyio
-from rhizome.tools.sandbox import PythonSandbox
+from rhizome.tools.agent.sandbox import PythonSandbox
 
 sandbox = PythonSandbox(wall_time=120, cpu_time=60, namespaces={namespaces})
 anyio.run(sandbox.run, "open('running', 'w').close()\\nimport time\\ntime.sleep(120)")

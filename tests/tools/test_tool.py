@@ -11,7 +11,7 @@ import pydantic
 import pytest
 
 from rhizome.engine.errors import RhizomeError
-from rhizome.tools.tool import (
+from rhizome.tools.agent.tool import (
     FunctionTool,
     Tool,
     ToolArgumentError,

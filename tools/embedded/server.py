@@ -38,7 +38,7 @@ from typing import Any
 import httpx
 
 from rhizome.engine.errors import ConfigError, LMConnectionError
-from rhizome.tools.local_model import cache_dir, resolve_model_path
+from rhizome.tools.embedded.model import cache_dir, resolve_model_path
 
 __all__ = ("LocalServer", "LocalServerConfig", "log_tail", "start_local_server", "usable_cores")
 
@@ -295,7 +295,7 @@ def _spawn(config: LocalServerConfig, log_path: Path, ready_file: Path) -> subpr
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     with log_path.open("wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "rhizome.tools.local_server", json.dumps(settings)],
+            [sys.executable, "-m", "rhizome.tools.embedded.server", json.dumps(settings)],
             stdin=subprocess.PIPE,
             stdout=log,
             stderr=subprocess.STDOUT,

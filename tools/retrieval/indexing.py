@@ -17,9 +17,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rhizome.engine.errors import ConfigError
-from rhizome.tools.chroma import ChromaRetriever
-from rhizome.tools.embeddings import Embedder
-from rhizome.tools.retrievers import InMemoryRetriever, document_id
+from rhizome.tools.retrieval.chroma import ChromaRetriever
+from rhizome.tools.retrieval.embeddings import Embedder
+from rhizome.tools.retrieval.retrievers import InMemoryRetriever, document_id
 
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import httpx
 
 from rhizome.engine.errors import ConfigError, RhizomeError
-from rhizome.tools.tool import FunctionTool, tool
+from rhizome.tools.agent.tool import FunctionTool, tool
 
 __all__ = (
     "FetchError",

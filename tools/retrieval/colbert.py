@@ -21,7 +21,7 @@ import httpx
 
 from rhizome.engine.client.connections import SharedLimiter, close_now, close_with_loop
 from rhizome.engine.errors import ConfigError
-from rhizome.tools.retrievers import Passage, RetrieverError, check_k
+from rhizome.tools.retrieval.retrievers import Passage, RetrieverError, check_k
 
 __all__ = ("ColBERTv2",)
 

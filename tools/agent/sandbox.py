@@ -85,7 +85,7 @@ import anyio.abc
 import anyio.to_thread
 
 from rhizome.engine.errors import ConfigError
-from rhizome.tools.tool import FunctionTool, tool
+from rhizome.tools.agent.tool import FunctionTool, tool
 
 __all__ = ("PythonSandbox", "SandboxResult", "make_python_sandbox_tool")
 

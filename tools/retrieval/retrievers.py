@@ -3,9 +3,9 @@
 A retriever answers ``await retriever.search(query, k, where=...)`` with up to
 ``k`` :class:`Passage` s, best first. Implementations:
 
-* :class:`~rhizome.tools.chroma.ChromaRetriever` — chromadb on disk, in process
+* :class:`~rhizome.tools.retrieval.chroma.ChromaRetriever` — chromadb on disk, in process
   or over HTTP, with the offline MiniLM embedder;
-* :class:`~rhizome.tools.colbert.ColBERTv2` — a client for the ColBERTv2 HTTP
+* :class:`~rhizome.tools.retrieval.colbert.ColBERTv2` — a client for the ColBERTv2 HTTP
   search servers the DSPy tutorials use;
 * :class:`InMemoryRetriever` — BM25 or embeddings over a list held in memory,
   for tests and small corpora.
@@ -33,7 +33,7 @@ import numpy as np
 from rhizome.engine.errors import ConfigError, RhizomeError
 
 if TYPE_CHECKING:
-    from rhizome.tools.embeddings import Embedder
+    from rhizome.tools.retrieval.embeddings import Embedder
 
 __all__ = (
     "InMemoryRetriever",
@@ -168,7 +168,7 @@ class InMemoryRetriever:
     """Passages held in a dict, ranked by BM25 or, given an embedder, by cosine.
 
     Texts can be given at construction or added later with :meth:`add` or
-    :func:`~rhizome.tools.indexing.index_documents`. Thread-safe.
+    :func:`~rhizome.tools.retrieval.indexing.index_documents`. Thread-safe.
 
     Args:
         documents: Initial passages: strings, or dicts with ``text`` and

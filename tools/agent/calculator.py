@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rhizome.engine.errors import RhizomeError
-from rhizome.tools.tool import FunctionTool, tool
+from rhizome.tools.agent.tool import FunctionTool, tool
 
 __all__ = ("CalculatorError", "calculator", "evaluate", "format_number")
 
@@ -256,4 +256,4 @@ def _calculator(expression: str) -> str:
 
 
 calculator: FunctionTool = tool(_calculator, name="calculator")
-"""The calculator as a :class:`~rhizome.tools.tool.Tool` named ``calculator``."""
+"""The calculator as a :class:`~rhizome.tools.agent.tool.Tool` named ``calculator``."""

@@ -25,8 +25,8 @@ from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
 from chromadb.utils.embedding_functions import register_embedding_function
 
 from rhizome.engine.errors import ConfigError, RhizomeError
-from rhizome.tools.embeddings import Embedder, MiniLMEmbedder
-from rhizome.tools.retrievers import Passage, RetrieverError, check_k
+from rhizome.tools.retrieval.embeddings import Embedder, MiniLMEmbedder
+from rhizome.tools.retrieval.retrievers import Passage, RetrieverError, check_k
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI

@@ -1,4 +1,4 @@
-"""Child-process entry point of :class:`rhizome.tools.sandbox.PythonSandbox`.
+"""Child-process entry point of :class:`rhizome.tools.agent.sandbox.PythonSandbox`.
 
 Run as ``python -I -B -u _sandbox_runner.py CONFIG_JSON`` with the user's code on
 stdin and a fresh temporary directory as the working directory. It uses the

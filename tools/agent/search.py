@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from rhizome.tools.retrievers import Retriever
-from rhizome.tools.tool import FunctionTool, tool
+from rhizome.tools.agent.tool import FunctionTool, tool
+from rhizome.tools.retrieval.retrievers import Retriever
 
 __all__ = ("make_search_tool",)
 
@@ -18,7 +18,8 @@ def make_search_tool(
     """A tool that searches ``retriever`` and returns the top passages as numbered text.
 
     Args:
-        retriever: Any :class:`~rhizome.tools.retrievers.Retriever` (chromadb, ColBERTv2 ...).
+        retriever: Any :class:`~rhizome.tools.retrieval.retrievers.Retriever`
+            (chromadb, ColBERTv2 ...).
         k: Passages returned per search.
         name: The tool's name as the model sees it.
         description: The tool's description as the model sees it.

@@ -2,7 +2,7 @@
 
 ::
 
-    from rhizome.tools.local_lm import local_lm
+    from rhizome.tools.embedded.lm import local_lm
 
     with local_lm() as lm:          # starts the server (model joined on first use)
         graph(question="...", lm=lm)
@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from rhizome.engine.client.protocol import Capabilities
-from rhizome.tools.local_model import default_model_path, resolve_model_path
-from rhizome.tools.local_server import (
+from rhizome.tools.embedded.model import default_model_path, resolve_model_path
+from rhizome.tools.embedded.server import (
     LocalServer,
     LocalServerConfig,
     start_local_server,
