@@ -87,7 +87,7 @@ def test_the_walk_reaches_every_package() -> None:
     modules = _public_modules()
     reached = {"rhizome.engine.batches.journal", "rhizome.nodes.predict"}
     reached |= {"rhizome.tools.retrieval.retrievers", "rhizome.engine.client.openai"}
-    reached |= {"rhizome.optimizers.evaluate", "rhizome.cli_run", "rhizome.datasets.gsm"}
+    reached |= {"rhizome.optimizers.evaluate", "rhizome.cli.run", "rhizome.datasets.gsm"}
     assert reached <= set(modules)
     assert not [m for m in modules if m.rsplit(".", 1)[-1].startswith("_")]
 

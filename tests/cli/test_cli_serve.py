@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from rhizome.cli import main
-from rhizome.serve_http import exposure_warning, is_loopback
+from rhizome.serving.middleware import exposure_warning, is_loopback
 from tests.serve.conftest import free_port
 from tests.server import OpenAIServer, Reply
 

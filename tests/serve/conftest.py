@@ -13,7 +13,7 @@ import uvicorn
 
 from rhizome.engine.client.openai import OpenAILM
 from rhizome.examples import build
-from rhizome.serve import ServeConfig, create_app
+from rhizome.serving.app import ServeConfig, create_app
 from tests.server import OpenAIServer
 
 TOKEN = "test-token-123"

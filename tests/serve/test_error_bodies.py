@@ -12,8 +12,8 @@ from rhizome.engine.client.openai import OpenAILM
 from rhizome.engine.graphs.graph import Graph
 from rhizome.examples import build
 from rhizome.nodes.function import FunctionNode
-from rhizome.serve import ServeConfig, create_app
-from rhizome.serve_http import public_trace
+from rhizome.serving.app import ServeConfig, create_app
+from rhizome.serving.middleware import public_trace
 from tests.serve.conftest import free_port, serving
 from tests.server import OpenAIServer, Reply
 
@@ -29,7 +29,7 @@ def test_an_lm_status_error_hides_the_url_and_logs_it(
     server.responder = lambda body: Reply(status=500, text="GPU 3 on node-17 fell over")
     lm = OpenAILM("test-model", base_url=server.url, cache=None, max_retries=0)
     app = create_app(build(), lm=lm)
-    with caplog.at_level(logging.ERROR, "rhizome.serve"), serving(app) as api:
+    with caplog.at_level(logging.ERROR, "rhizome.serving.app"), serving(app) as api:
         reply = _predict(api.url, trace=True)
     assert reply.status_code == 502
     text = reply.text
@@ -54,7 +54,7 @@ def test_an_unreachable_lm_server_is_not_named_in_the_body(
     port = free_port()  # nothing listens there
     lm = OpenAILM("m", base_url=f"http://127.0.0.1:{port}/v1", cache=None, max_retries=0)
     app = create_app(build(), lm=lm)
-    with caplog.at_level(logging.ERROR, "rhizome.serve"), serving(app) as api:
+    with caplog.at_level(logging.ERROR, "rhizome.serving.app"), serving(app) as api:
         reply = _predict(api.url, trace=True)
     assert reply.status_code == 502
     assert str(port) not in reply.text
@@ -97,7 +97,7 @@ def test_urls_in_other_failures_are_masked_and_logged(caplog: pytest.LogCaptureF
     graph = Graph("tool", outputs=["answer"]).add(
         "lookup", FunctionNode(lookup, outputs=["answer"])
     )
-    with caplog.at_level(logging.ERROR, "rhizome.serve"), serving(create_app(graph)) as api:
+    with caplog.at_level(logging.ERROR, "rhizome.serving.app"), serving(create_app(graph)) as api:
         reply = _predict(api.url)
     assert reply.status_code == 500
     assert "search.internal" not in reply.text

@@ -9,7 +9,7 @@ import time
 
 import httpx
 
-from rhizome.serve import ServeConfig
+from rhizome.serving.app import ServeConfig
 from tests.serve.conftest import TOKEN, Served, serve_example
 from tests.server import OpenAIServer, Reply
 

@@ -1,4 +1,4 @@
-"""``rhizome serve``: the program behind an HTTP API (see :mod:`rhizome.serve`)."""
+"""``rhizome serve``: the program behind an HTTP API (see :mod:`rhizome.serving.app`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from rhizome.cli_common import (
+from rhizome.cli.common import (
     CommandError,
     Sub,
     add_lm,
@@ -81,8 +81,8 @@ def add_parsers(sub: Sub) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     """``rhizome serve``."""
     try:
-        from rhizome.serve import ServeConfig, create_app, run_server
-        from rhizome.serve_http import exposure_warning
+        from rhizome.serving.app import ServeConfig, create_app, run_server
+        from rhizome.serving.middleware import exposure_warning
     except ImportError as exc:
         raise CommandError(
             f"serving needs FastAPI and uvicorn ({exc.name} is missing)",

@@ -95,7 +95,10 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
-    from rhizome import cli_eval, cli_run, cli_runs, cli_serve
+    from rhizome.cli import eval as cli_eval
+    from rhizome.cli import run as cli_run
+    from rhizome.cli import runs as cli_runs
+    from rhizome.cli import serve as cli_serve
 
     parser = _Parser(
         prog="rhizome",
@@ -133,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _report(exc: Exception) -> None:
-    from rhizome.cli_common import CommandError
+    from rhizome.cli.common import CommandError
 
     message = str(exc).strip() or type(exc).__name__
     lines = message.splitlines()
@@ -150,7 +153,3 @@ def _report(exc: Exception) -> None:
         if not isinstance(exc, RhizomeError | OSError):
             hint = "set RHIZOME_DEBUG=1 to see the traceback"
     print(f"hint: {hint}", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from rhizome.cli_common import (
+from rhizome.cli.common import (
     RAW,
     CommandError,
     Sub,
@@ -33,10 +33,10 @@ from rhizome.cli_common import (
     read_examples,
     require_lm,
 )
-from rhizome.cli_results import ResultsFile, journal_dir
+from rhizome.cli.results import ResultsFile, journal_dir
 from rhizome.engine.errors import ConfigError
 from rhizome.engine.trace import Trace, jsonable
-from rhizome.serve_schema import check_inputs
+from rhizome.serving.schema import check_inputs
 from rhizome.telemetry import request_models
 
 if TYPE_CHECKING:

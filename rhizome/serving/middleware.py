@@ -7,7 +7,7 @@ through untouched. Errors are answered as ``{"error": {"type", "message"}}``.
 API clients never see where the LM server is: a run that failed because the
 LM endpoint did (:func:`public_error`) is answered with what happened ("the
 language model server failed: HTTP 500") and a request id, while the full
-error, URL and upstream body included, goes to the ``rhizome.serve`` log under
+error, URL and upstream body included, goes to the ``rhizome.serving.app`` log under
 that id; a trace returned with the result is cleaned the same way
 (:func:`public_trace`).
 """
@@ -33,7 +33,7 @@ from rhizome.engine.errors import (
     LMTimeoutError,
     describe,
 )
-from rhizome.serve_metrics import ServeMetrics
+from rhizome.serving.metrics import ServeMetrics
 
 __all__ = (
     "AuthMiddleware",
@@ -48,7 +48,7 @@ __all__ = (
 )
 
 
-logger = logging.getLogger("rhizome.serve")
+logger = logging.getLogger("rhizome.serving.app")
 
 _URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 _HIDDEN_URL = "<url hidden>"

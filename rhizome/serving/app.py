@@ -15,7 +15,7 @@ Endpoints (``rhizome serve PROGRAM`` starts them):
 Inputs are validated against the graph's inputs (unknown fields too): a bad
 body is a 422 whose message names the field. A failed run's error carries a
 ``request_id``; when the LM endpoint failed (502) the message says what
-happened without the endpoint's URL, host or reply, which the ``rhizome.serve``
+happened without the endpoint's URL, host or reply, which the ``rhizome.serving.app``
 log records under that id. A bearer token, when set, guards
 everything but health and docs; bodies over a size limit get 413; at most
 ``concurrency`` graph runs go at once (predict and batch share the slots) and a
@@ -47,7 +47,8 @@ from starlette.types import Receive, Scope, Send
 
 from rhizome.engine.errors import ConfigError, GraphError, NodeError, NodeTimeoutError
 from rhizome.engine.trace import Trace, jsonable
-from rhizome.serve_http import (
+from rhizome.serving.metrics import CONTENT_TYPE, ServeMetrics
+from rhizome.serving.middleware import (
     AuthMiddleware,
     BodyLimitMiddleware,
     MetricsMiddleware,
@@ -56,8 +57,7 @@ from rhizome.serve_http import (
     public_error,
     public_trace,
 )
-from rhizome.serve_metrics import CONTENT_TYPE, ServeMetrics
-from rhizome.serve_schema import ERROR_RESPONSES, field_errors, request_models, response_model
+from rhizome.serving.schema import ERROR_RESPONSES, field_errors, request_models, response_model
 from rhizome.telemetry import Telemetry
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rhizome.cli_common import RAW, CommandError, Sub, add_program, load_graph, print_json, table
+from rhizome.cli.common import RAW, CommandError, Sub, add_program, load_graph, print_json, table
 from rhizome.runs import RunInfo, find_runs, is_run_dir, read_run
 
 if TYPE_CHECKING:

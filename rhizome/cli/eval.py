@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from rhizome.cli_common import (
+from rhizome.cli.common import (
     RAW,
     CommandError,
     Sub,
