@@ -596,9 +596,13 @@ def _checked_inputs(signature: Signature, inputs: Mapping[str, Any], path: str) 
 
 
 def _response_format(prompt: RenderedPrompt, lm: LM, signature: Signature) -> dict[str, Any] | None:
-    """The adapter's schema if the server honours it; plain JSON mode if it reorders keys."""
+    """The adapter's schema if the server honours it; plain JSON mode if it reorders keys.
+
+    An endpoint that refused structured output is handled in one place, where
+    requests are sent (:meth:`_Call._send`), not here.
+    """
     caps = lm.capabilities
-    if prompt.response_format is None or not caps.json_schema or _refused(lm):
+    if prompt.response_format is None or not caps.json_schema:
         return None
     if not caps.json_key_order and len(signature.outputs) > 1:
         return {"type": "json_object"}
