@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import inspect
 import math
 import re
@@ -23,6 +24,7 @@ from rhizome.engine.trace import Trace
 
 __all__ = (
     "Metric",
+    "Score",
     "all_of",
     "answer_in_passages",
     "call_metric",
@@ -47,25 +49,56 @@ _METRIC_TRACES: contextvars.ContextVar[list[Trace] | None] = contextvars.Context
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class Score:
+    """A metric's score with text feedback for optimizers that learn from it.
+
+    Attributes:
+        value: The score, 1.0 best and 0.0 worst (a bool counts as 1.0/0.0).
+        feedback: What went wrong (or right) for the whole prediction, in words
+            a reflection LM can act on ("expected 'Castmere', got 'Brindlewick'").
+        node_feedback: Feedback aimed at single nodes, keyed by node path
+            (``"hop1"``, ``"loop/body/query"``): "the query repeated the question".
+
+    A metric may return a ``Score`` anywhere a float or bool is accepted.
+    """
+
+    value: float
+    feedback: str = ""
+    node_feedback: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        value = self.value
+        if isinstance(value, bool):
+            object.__setattr__(self, "value", 1.0 if value else 0.0)
+        elif not isinstance(value, int | float) or math.isnan(float(value)):
+            raise TypeError(f"Score.value must be a bool or a number, not {value!r}")
+        else:
+            object.__setattr__(self, "value", float(value))
+        object.__setattr__(self, "node_feedback", dict(self.node_feedback))
+
+
 class Metric(Protocol):
     """A scoring function: 1.0 (or True) is best, 0.0 (or False) worst."""
 
     def __call__(
         self, example: Mapping[str, Any], prediction: Mapping[str, Any], trace: Trace | None = None
-    ) -> float | bool:
+    ) -> float | bool | Score:
         """Score ``prediction`` against ``example``."""
         ...
 
 
 def score_value(value: object, *, metric_name: str = "metric") -> float:
-    """Turn a metric's return value into a float, refusing anything but bool/int/float."""
+    """Turn a metric's return value into a float, refusing anything but bool/int/float/Score."""
+    if isinstance(value, Score):
+        return value.value
     if isinstance(value, bool):
         return 1.0 if value else 0.0
     if isinstance(value, int | float) and not math.isnan(float(value)):
         return float(value)
     raise TypeError(
         f"{metric_name} returned {type(value).__name__} {value!r}; a metric must return a "
-        "bool or a number (float)"
+        "bool, a number (float) or a Score"
     )
 
 

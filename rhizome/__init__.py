@@ -72,6 +72,7 @@ from rhizome.optimizers.joint import TrialSchedule as TrialSchedule
 from rhizome.optimizers.judge import llm_judge as llm_judge
 from rhizome.optimizers.knn import KNNFewShot as KNNFewShot
 from rhizome.optimizers.labeled import LabeledFewShot as LabeledFewShot
+from rhizome.optimizers.metrics import Score as Score
 from rhizome.optimizers.metrics import answer_in_passages as answer_in_passages
 from rhizome.optimizers.metrics import exact_match as exact_match
 from rhizome.optimizers.metrics import numeric_match as numeric_match
@@ -164,6 +165,7 @@ __all__ = (
     "RhizomeError",
     "Router",
     "SaveError",
+    "Score",
     "SearchSpaceConfig",
     "Signature",
     "SignatureError",

@@ -71,7 +71,7 @@ def test_passing_is_an_explicit_threshold() -> None:
     assert passes(True)
     assert passes(0.8, 0.5)
     assert not passes(0.4, 0.5)
-    with pytest.raises(TypeError, match="must return a bool or a number"):
+    with pytest.raises(TypeError, match="must return a bool, a number"):
         passes("yes")
     with pytest.raises(TypeError):
         score_value(float("nan"))
@@ -84,3 +84,15 @@ def test_confidence_interval_contains_mean_and_narrows() -> None:
     assert (large[1] - large[0]) < (small[1] - small[0])
     lo, hi = confidence_interval([0.2, 0.4, 0.6])
     assert lo < 0.4 < hi
+
+
+def test_score_carries_feedback_and_counts_as_its_value() -> None:
+    from rhizome.optimizers.metrics import Score, passes, score_value
+
+    score = Score(True, feedback="expected 'Castmere'", node_feedback={"hop1": "repeated"})
+    assert score_value(score) == 1.0
+    assert passes(score)
+    assert not passes(Score(0.4), threshold=0.5)
+    assert score.node_feedback == {"hop1": "repeated"}
+    with pytest.raises(TypeError, match=r"Score\.value"):
+        Score("high")  # type: ignore[arg-type]
