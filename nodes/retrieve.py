@@ -17,7 +17,7 @@ import anyio
 from rhizome.engine.call.signature import Field
 from rhizome.engine.errors import ConfigError
 from rhizome.engine.graphs.node import Node
-from rhizome.engine.graphs.params import Slot, count_problem
+from rhizome.engine.slots import Slot, count_problem
 from rhizome.engine.trace import current_record
 from rhizome.tools.retrieval.retrievers import Passage, Retriever, check_k
 

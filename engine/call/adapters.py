@@ -46,7 +46,6 @@ from rhizome.engine.call.parsing import (
     parse_json,
     parse_tagged,
 )
-from rhizome.engine.call.run import run_predictor as run_predictor
 from rhizome.engine.call.signature import Field, Signature
 from rhizome.engine.call.strict_schema import strict_schema
 from rhizome.engine.client.protocol import LM
@@ -65,7 +64,6 @@ __all__ = (
     "default_adapter",
     "outputs_schema",
     "reply_format",
-    "run_predictor",
     "system_prompt",
 )
 

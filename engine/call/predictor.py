@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from rhizome.engine.call.run import run_predictor
 from rhizome.engine.call.signature import Signature
 from rhizome.engine.errors import ConfigError
-from rhizome.engine.graphs.params import Slot, demos_problem, lm_problem, text_problem
+from rhizome.engine.slots import Slot, demos_problem, lm_problem, text_problem
 
 if TYPE_CHECKING:
     from rhizome.engine.call.adapters import Adapter

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, overload
 import anyio
 from anyio.lowlevel import RunVar
 
+from rhizome.engine.call.adapters import JSONAdapter, TextAdapter, default_adapter
 from rhizome.engine.call.signature import Signature
 from rhizome.engine.client.protocol import LM, Choice, LMRequest, LMResponse, ToolCall, Usage
 from rhizome.engine.context import resolve_lm, settings
@@ -182,7 +183,7 @@ async def _recover(
     if isinstance(outcome, _Failed):
         outcome = await call.attempt(call.repair_request(request, outcome.error), repair=True)
     if isinstance(outcome, _Failed) and call.may_fall_back(request):
-        text = _text_adapter()
+        text = TextAdapter()
         rendered = text.render(call.predictor, call.inputs, demos=demos)
         fallback = dataclasses.replace(
             request, messages=call.hinted(rendered.messages), response_format=None
@@ -235,7 +236,7 @@ class _Call:
             path = f"{record.node}.{role}" if role else record.node
         values = _checked_inputs(predictor.signature, inputs, path)
         lm = resolve_lm(predictor.lm, node=path)
-        adapter = predictor.adapter or _default_adapter(lm, predictor.signature)
+        adapter = predictor.adapter or default_adapter(lm, predictor.signature)
         return cls(
             predictor=predictor, path=path, inputs=values, lm=lm, adapter=adapter, tools=tools
         )
@@ -285,7 +286,7 @@ class _Call:
         """
         return (
             self.predictor.adapter is None
-            and _is_json(self.adapter)
+            and isinstance(self.adapter, JSONAdapter)
             and _response_format_for(self.lm, request) is None
         )
 
@@ -616,24 +617,3 @@ async def _select_demos(predictor: Predictor, inputs: Mapping[str, Any]) -> list
         return None
     chosen = selector(dict(inputs))
     return list(await chosen if inspect.isawaitable(chosen) else chosen)
-
-
-# imported in the functions below: the adapters module re-exports run_predictor from this one
-
-
-def _default_adapter(lm: LM, signature: Signature) -> Adapter:
-    from rhizome.engine.call.adapters import default_adapter
-
-    return default_adapter(lm, signature)
-
-
-def _text_adapter() -> Adapter:
-    from rhizome.engine.call.adapters import TextAdapter
-
-    return TextAdapter()
-
-
-def _is_json(adapter: Adapter) -> bool:
-    from rhizome.engine.call.adapters import JSONAdapter
-
-    return isinstance(adapter, JSONAdapter)

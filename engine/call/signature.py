@@ -30,8 +30,8 @@ from typing import Any, ClassVar, Literal
 
 import pydantic
 
+from rhizome.engine.call.values import convert
 from rhizome.engine.errors import SignatureError
-from rhizome.engine.graphs.typecheck import convert
 
 __all__ = (
     "Field",

@@ -78,6 +78,7 @@ class Graph(Node):
 
     # A router inside may skip the node producing an output; consumers then skip too.
     may_omit_outputs: ClassVar[bool] = True
+    wires_children: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -16,12 +16,12 @@ import copy
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
+from rhizome.engine.call.predictor import Predictor
 from rhizome.engine.graphs.walk import join, walk
 
 if TYPE_CHECKING:
-    from rhizome.engine.call.predictor import Predictor
     from rhizome.engine.call.signature import Field
-    from rhizome.engine.graphs.params import Slot
+    from rhizome.engine.slots import Slot
 
 __all__ = ("Node",)
 
@@ -37,6 +37,8 @@ class Node:
     """
 
     kind: ClassVar[str] = "Node"
+    # True for a graph: its children are wired by its own edges, under their names.
+    wires_children: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -76,8 +78,6 @@ class Node:
         (``"step"``, ``"extract"``) otherwise. The default finds every
         predictor attribute; predictors of child nodes are the children's.
         """
-        from rhizome.engine.call.predictor import Predictor
-
         for value in vars(self).values():
             if isinstance(value, Predictor):
                 yield value.role, value

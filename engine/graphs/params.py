@@ -14,15 +14,18 @@ and every optimizer go through these two.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import difflib
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from rhizome.engine.client.protocol import LM
 from rhizome.engine.errors import GraphError
 from rhizome.engine.graphs.walk import join, walk
+from rhizome.engine.slots import Slot as Slot
+from rhizome.engine.slots import count_problem as count_problem
+from rhizome.engine.slots import demos_problem as demos_problem
+from rhizome.engine.slots import lm_problem as lm_problem
+from rhizome.engine.slots import text_problem as text_problem
 
 if TYPE_CHECKING:
     from rhizome.engine.graphs.node import Node
@@ -38,71 +41,7 @@ __all__ = (
     "set_parameters",
     "text_problem",
     "unknown",
-)
-
-
-Check = Callable[[Any], "str | None"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Slot:
-    """One tunable value: the attribute it lives in and how a new value is checked.
-
-    Attributes:
-        owner: The object holding the value (a predictor, a node).
-        attr: The attribute's name on ``owner``.
-        check: ``check(value)``: why ``value`` is not acceptable, or None.
-        kind: ``"lm"`` for an LM choice (saved as a reference name), else ``"value"``
-            (plain JSON data).
-    """
-
-    owner: object
-    attr: str
-    check: Check
-    kind: Literal["value", "lm"] = "value"
-
-    def get(self) -> Any:
-        """The current value."""
-        return getattr(self.owner, self.attr)
-
-    def set(self, value: Any) -> None:
-        """Set a value that passed :attr:`check` (demos and other containers are copied)."""
-        setattr(self.owner, self.attr, _copied(value))
-
-
-def _copied(value: Any) -> Any:
-    if isinstance(value, list | tuple):
-        return [dict(v) if isinstance(v, Mapping) else v for v in copy.deepcopy(list(value))]
-    return value
-
-
-# -- checks shared by node kinds ----------------------------------------------
-
-
-def text_problem(value: Any) -> str | None:
-    """Why ``value`` is not an instruction (a string), or None."""
-    return None if isinstance(value, str) else f"must be a string, got {type(value).__name__}"
-
-
-def demos_problem(value: Any) -> str | None:
-    """Why ``value`` is not a list of demos (one mapping each), or None."""
-    if isinstance(value, list | tuple) and all(isinstance(d, Mapping) for d in value):
-        return None
-    return "must be a list of objects (one per demo)"
-
-
-def count_problem(value: Any) -> str | None:
-    """Why ``value`` is not a whole number >= 1 (a retrieval ``k``), or None."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        return f"must be a whole number >= 1, got {value!r}"
-    return None
-
-
-def lm_problem(value: Any) -> str | None:
-    """Why ``value`` is not an LM (or None, for the run's default), or None."""
-    if value is None or isinstance(value, LM):
-        return None
-    return f"must be an LM or None (the run's default), got {type(value).__name__}"
+)  # the slot names are re-exported from rhizome.engine.slots, where they live
 
 
 # -- the door -------------------------------------------------------------------

@@ -44,7 +44,7 @@ from rhizome.engine.graphs.walk import graphs, join, walk
 if TYPE_CHECKING:
     from rhizome.engine.client.protocol import LM
     from rhizome.engine.graphs.graph import Graph
-    from rhizome.engine.graphs.params import Slot
+    from rhizome.engine.slots import Slot
 
 __all__ = ("FORMAT", "MAX_BYTES", "fingerprint", "load", "rhizome_version", "save", "structure")
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from rhizome.engine.graphs.graph import Graph
@@ -59,13 +59,11 @@ def visits(root: Node) -> Iterator[Visit]:
 
 
 def _below(parent: Visit) -> Iterator[Visit]:
-    from rhizome.engine.graphs.graph import Graph
-
     node = parent.node
     for name, child in node.children():
         path = join(parent.path, name)
-        if isinstance(node, Graph):  # a graph wires its children by their names
-            visit = Visit(path, child, parent.depth + 1, node, name)
+        if node.wires_children:  # a graph wires its children by their names
+            visit = Visit(path, child, parent.depth + 1, cast("Graph", node), name)
         else:  # anything else passes on the graph (and name) that wires it
             visit = Visit(path, child, parent.depth + 1, parent.graph, parent.name)
         yield visit
@@ -81,8 +79,6 @@ def walk(root: Node) -> Iterator[tuple[str, Node]]:
 
 def graphs(root: Node) -> Iterator[tuple[str, Graph]]:
     """``(path, graph)`` for ``root`` (when a graph) and every graph nested in it."""
-    from rhizome.engine.graphs.graph import Graph
-
     for visit in visits(root):
-        if isinstance(visit.node, Graph):
-            yield visit.path, visit.node
+        if visit.node.wires_children:
+            yield visit.path, cast("Graph", visit.node)

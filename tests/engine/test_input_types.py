@@ -8,10 +8,10 @@ import pytest
 
 from rhizome.engine.call.predictor import Predictor
 from rhizome.engine.call.signature import Field
+from rhizome.engine.call.values import value_adapter
 from rhizome.engine.client.fake import FakeLM
 from rhizome.engine.errors import NodeError, SignatureError
 from rhizome.engine.graphs.graph import Graph
-from rhizome.engine.graphs.typecheck import value_adapter
 from rhizome.engine.trace import NodeRecord, Trace, node_record, recording
 from rhizome.nodes.predict import Predict
 

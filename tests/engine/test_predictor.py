@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from rhizome.engine.call.adapters import JSONAdapter, TextAdapter, run_predictor
+from rhizome.engine.call.adapters import JSONAdapter, TextAdapter
 from rhizome.engine.call.predictor import Predictor
+from rhizome.engine.call.run import run_predictor
 from rhizome.engine.client.fake import FakeLM
 from rhizome.engine.client.protocol import Capabilities, LMRequest
 from rhizome.engine.context import context

@@ -17,7 +17,7 @@ from rhizome.engine.errors import ConfigError
 from rhizome.engine.example import Example
 from rhizome.engine.graphs.graph import Graph
 from rhizome.engine.graphs.node import Node
-from rhizome.engine.graphs.params import Slot, count_problem
+from rhizome.engine.slots import Slot, count_problem
 from rhizome.nodes.predict import Predict
 from rhizome.optimizers.joint import JointSearch
 from rhizome.optimizers.metrics import exact_match
