@@ -4,7 +4,8 @@ The layout puts the graph inputs on top, each node one row below the deepest
 node feeding it, and the outputs at the bottom; nodes in a row are ordered by
 where their feeders sit (one barycentre pass), which keeps most edges from
 crossing. Edges are labelled with the fields they carry, router edges are
-dashed, and nested graphs are drawn as one box. For a Mermaid text instead,
+dashed, and a node that nests others (a sub-graph, a loop body, a sampling
+wrapper) is drawn as one box saying how many nodes it holds. For a Mermaid text instead,
 see :meth:`Graph.to_mermaid <rhizome.engine.graphs.graph.Graph.to_mermaid>`.
 """
 
@@ -14,6 +15,8 @@ import dataclasses
 from collections.abc import Sequence
 from html import escape
 from typing import TYPE_CHECKING
+
+from rhizome.engine.graphs.walk import walk
 
 if TYPE_CHECKING:
     from rhizome.engine.graphs.graph import Graph
@@ -82,12 +85,13 @@ def _layers(graph: Graph, edges: Sequence[_Edge]) -> dict[str, int]:
 
 
 def _boxes(graph: Graph, layer: dict[str, int]) -> dict[str, _Box]:
-    from rhizome.engine.graphs.graph import Graph as GraphType
-
     boxes = {IN: _Box(title="inputs", subtitle=", ".join(graph.inputs), layer=0, rounded=True)}
     for name, node in graph.nodes.items():
-        kind = "Graph" if isinstance(node, GraphType) else node.kind
-        boxes[name] = _Box(title=name, subtitle=kind, layer=layer[name])
+        kind = "Graph" if node.wires_children else node.kind
+        # the one walk; transparent children (a loop body, a wrapped node) share a path
+        inside = len({path for path, _ in walk(node) if path})
+        subtitle = f"{kind} · {inside} inside" if inside else kind
+        boxes[name] = _Box(title=name, subtitle=subtitle, layer=layer[name])
     boxes[OUT] = _Box(
         title="outputs", subtitle=", ".join(graph.outputs), layer=layer[OUT], rounded=True
     )

@@ -24,15 +24,21 @@ import dataclasses
 import inspect
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
 import anyio
-from anyio.lowlevel import RunVar
 
 from rhizome.engine.call.adapters import JSONAdapter, TextAdapter, default_adapter
+from rhizome.engine.call.endpoints import (
+    REFUSAL_STATUSES,
+    probe_lock,
+    remember_accepted,
+    remember_refusal,
+    structured_known,
+    without_refused_schema,
+)
 from rhizome.engine.call.signature import Signature
 from rhizome.engine.client.protocol import LM, Choice, LMRequest, LMResponse, ToolCall, Usage
 from rhizome.engine.context import resolve_lm, settings
@@ -383,12 +389,12 @@ class _Call:
         such requests go one at a time (per event loop), so a server that refuses
         them sees one refused request, not a burst; see :func:`run_predictor`.
         """
-        request = _without_refused_schema(self.lm, request)
-        if request.response_format is not None and not _structured_known(self.lm):
-            async with _probe_lock(self.lm):
-                if not _structured_known(self.lm):
+        request = without_refused_schema(self.lm, request)
+        if request.response_format is not None and not structured_known(self.lm):
+            async with probe_lock(self.lm):
+                if not structured_known(self.lm):
                     return await self._send_structured(request, sample, entry)
-            request = _without_refused_schema(self.lm, request)
+            request = without_refused_schema(self.lm, request)
         return await self._send_structured(request, sample, entry)
 
     async def _send_structured(
@@ -399,7 +405,7 @@ class _Call:
             response = await self.lm.complete(request, sample=sample)
         except LMStatusError as exc:
             self._log(request, entry, error=f"{type(exc).__name__}: {exc}", started=started)
-            if request.response_format is None or exc.status not in _REFUSAL_STATUSES:
+            if request.response_format is None or exc.status not in REFUSAL_STATUSES:
                 raise
             plain = dataclasses.replace(request, response_format=None)
             started = time.perf_counter()
@@ -408,13 +414,13 @@ class _Call:
             except Exception as again:
                 self._log(plain, entry, error=f"{type(again).__name__}: {again}", started=started)
                 raise
-            _remember_refusal(self.lm, exc)
+            remember_refusal(self.lm, exc)
             return response, plain, "the server refused response_format; sent again without it"
         except Exception as exc:
             self._log(request, entry, error=f"{type(exc).__name__}: {exc}", started=started)
             raise
         if request.response_format is not None:
-            _STRUCTURED_OK.add(_endpoint(self.lm))
+            remember_accepted(self.lm)
         return response, request, ""
 
     def _log(
@@ -474,63 +480,6 @@ def _reply_text(choice: Choice | None) -> str:
     return f"{choice.text}\n{calls}" if choice.text else calls
 
 
-# ---- servers that refuse structured output ----------------------------------------
-
-_REFUSAL_STATUSES = frozenset({400, 422})
-_REFUSED: set[tuple[str, str, object]] = set()
-_STRUCTURED_OK: set[tuple[str, str, object]] = set()
-_REFUSED_LOCK = threading.Lock()
-_PROBE_LOCKS: RunVar[dict[tuple[str, str, object], anyio.Lock]] = RunVar("rhizome_schema_probes")
-
-
-def _endpoint(lm: LM) -> tuple[str, str, object]:
-    """What identifies an LM endpoint: its kind, model name and URL (else the object)."""
-    return (type(lm).__qualname__, lm.name, getattr(lm, "base_url", None) or id(lm))
-
-
-def _remember_refusal(lm: LM, error: LMStatusError) -> None:
-    key = _endpoint(lm)
-    with _REFUSED_LOCK:
-        if key in _REFUSED:
-            return
-        _REFUSED.add(key)
-    where = getattr(lm, "base_url", "") or "its server"
-    logger.warning(
-        "LM %r at %s refused structured output (HTTP %d: %s); its requests go without "
-        "response_format from now on, the prompt still asks for the JSON object",
-        lm.name,
-        where,
-        error.status,
-        error.body[:200] or str(error)[:200],
-    )
-
-
-def _structured_known(lm: LM) -> bool:
-    """True once ``lm``'s endpoint has accepted or refused a ``response_format``."""
-    key = _endpoint(lm)
-    return key in _STRUCTURED_OK or key in _REFUSED
-
-
-def _probe_lock(lm: LM) -> anyio.Lock:
-    """The running event loop's lock that lets one schema request at a time probe ``lm``."""
-    try:
-        locks = _PROBE_LOCKS.get()
-    except LookupError:
-        locks = {}
-        _PROBE_LOCKS.set(locks)
-    return locks.setdefault(_endpoint(lm), anyio.Lock())
-
-
-def _refused(lm: LM) -> bool:
-    return bool(_REFUSED) and _endpoint(lm) in _REFUSED
-
-
-def _without_refused_schema(lm: LM, request: LMRequest) -> LMRequest:
-    if request.response_format is None or not _refused(lm):
-        return request
-    return dataclasses.replace(request, response_format=None)
-
-
 CHARS_PER_TOKEN = 3
 """A cautious estimate of text per token, for the length bounds of a retried schema."""
 
@@ -559,7 +508,7 @@ def _bounded(
 
 def _response_format_for(lm: LM, request: LMRequest) -> dict[str, Any] | None:
     """The ``response_format`` that ``request`` really goes out with to ``lm``."""
-    return _without_refused_schema(lm, request).response_format
+    return without_refused_schema(lm, request).response_format
 
 
 def _checked_inputs(signature: Signature, inputs: Mapping[str, Any], path: str) -> dict[str, Any]:

@@ -38,10 +38,15 @@ from collections.abc import Iterator
 import httptools
 import httpx
 
-__all__ = ("HttpPool", "Origin", "RawResponse")
+__all__ = ("MAX_HEADERS", "MAX_HEADER_BYTES", "HttpPool", "Origin", "RawResponse")
 
 
 Headers = list[tuple[bytes, bytes]]
+# A reply's header block may hold at most this many bytes (names and values) and
+# headers: an endpoint (or something posing as one) cannot grow memory without end
+# before the body starts. Real LM servers send a few hundred bytes.
+MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADERS = 256
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -87,6 +92,10 @@ class _Stale(Exception):
     """The connection closed before any byte of the reply arrived."""
 
 
+class _HeadTooLarge(Exception):
+    """The reply's header block passed :data:`MAX_HEADER_BYTES` or :data:`MAX_HEADERS`."""
+
+
 class _Trailing(Exception):
     """Bytes followed a whole reply: a second message nobody asked for."""
 
@@ -111,6 +120,7 @@ class _Connection(asyncio.Protocol):
         # The reply being parsed: status, headers, body pieces, and how far it got.
         self.status = 0
         self.headers: Headers = []
+        self.header_bytes = 0
         self.body: list[bytes] = []
         self.keep_alive = True
         self.head_done = False
@@ -133,7 +143,13 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             error = httpx.RemoteProtocolError("the server switched protocols (status 101)")
         except httptools.HttpParserError as exc:
-            error = httpx.RemoteProtocolError(f"malformed HTTP reply: {exc}")
+            if isinstance(exc.__context__, _HeadTooLarge):
+                error = httpx.RemoteProtocolError(
+                    f"the reply's headers are too large (over {MAX_HEADER_BYTES} bytes or "
+                    f"{MAX_HEADERS} headers): not an LM server's reply"
+                )
+            else:
+                error = httpx.RemoteProtocolError(f"malformed HTTP reply: {exc}")
         else:
             if self.complete:
                 self._deliver(self.keep_alive)
@@ -170,9 +186,12 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self.complete:
             raise _Trailing
-        self.headers, self.body, self.head_done = [], [], False
+        self.headers, self.body, self.head_done, self.header_bytes = [], [], False, 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value)
+        if self.header_bytes > MAX_HEADER_BYTES or len(self.headers) >= MAX_HEADERS:
+            raise _HeadTooLarge
         self.headers.append((name.lower(), value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:

@@ -119,6 +119,9 @@ async def test_connection_closed_while_idle_is_replaced(
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n", "chunk size"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "closed the connection mid-reply"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n", "mid-reply"),
+        # a header block without end: refused once past the limit, not buffered forever
+        (b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"a" * 70_000 + b"\r\n\r\nok", "too large"),
+        (b"HTTP/1.1 200 OK\r\n" + b"X-A: 1\r\n" * 300 + b"\r\nok", "too large"),
     ],
 )
 async def test_a_malformed_or_cut_reply_raises_a_protocol_error(

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from rhizome.drawing import graph_svg
 from rhizome.engine.client.fake import FakeLM
 from rhizome.engine.client.openai import OpenAILM
 from rhizome.engine.errors import GraphError, SaveError
@@ -64,6 +65,12 @@ def test_every_consumer_sees_the_same_nodes() -> None:
     assert {d.path for d in dims} == owners
     assert "hops.search.k" in {d.name for d in dims}, "k inside a loop must be searched"
     assert {d.name for d in dims} <= set(g.named_parameters())
+    # the drawing counts what each top-level box holds with the same walk
+    svg = graph_svg(g)
+    for name, node in g.nodes.items():
+        inside = sum(1 for path in PATHS if path.startswith(name + "."))
+        if inside:
+            assert f"{node.kind if not node.wires_children else 'Graph'} · {inside} inside" in svg
 
 
 def test_k_inside_a_loop_goes_through_the_one_door() -> None:

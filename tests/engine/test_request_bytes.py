@@ -16,6 +16,7 @@ from typing import Any, Literal
 import pydantic
 import pytest
 
+from rhizome.engine.call import endpoints
 from rhizome.engine.call.adapters import JSONAdapter
 from rhizome.engine.call.signature import InputField, OutputField, Signature
 from rhizome.engine.client.openai import OpenAILM
@@ -305,6 +306,22 @@ async def test_refusal_is_noted_in_the_trace(server: OpenAIServer) -> None:
     assert [c.error is not None for c in calls] == [True, False]
     assert "HTTP 400" in (calls[0].error or "") or "400" in (calls[0].error or "")
     assert "refused response_format" in calls[1].note
+
+
+async def test_a_refusal_shows_in_the_lms_effective_capabilities(server: OpenAIServer) -> None:
+    server.responder = _refuse_schemas
+    lm = OpenAILM("test-model", base_url=server.url, cache=None, backoff=0.01)
+    assert lm.capabilities.json_schema
+    assert endpoints.effective_capabilities(lm).json_schema
+    await Graph("g").add("p", Predict("question -> answer")).run(question="q", lm=lm)
+    assert not endpoints.effective_capabilities(lm).json_schema
+    assert lm.capabilities.json_schema  # the declared capabilities are left alone
+    endpoints.forget(lm)  # e.g. the server was upgraded: the next call probes again
+    server.responder = lambda body: '{"answer": "Paris"}'
+    await Graph("g").add("p", Predict("question -> answer")).run(question="q2", lm=lm)
+    await lm.aclose()
+    assert "response_format" in server.requests[-1]
+    assert endpoints.effective_capabilities(lm).json_schema
 
 
 async def test_other_400s_are_not_taken_for_a_refusal(server: OpenAIServer) -> None:
