@@ -78,21 +78,7 @@ from rhizome.engine.errors import (
     LMTimeoutError,
 )
 
-__all__ = (
-    "HISTORY_SIZE",
-    "USER_AGENT",
-    "ChatCompletion",
-    "ChatRequest",
-    "Limits",
-    "OpenAILM",
-    "RequestDefaults",
-    "RetryPolicy",
-    "WireChoice",
-    "WireFunction",
-    "WireMessage",
-    "WireToolCall",
-    "WireUsage",
-)
+__all__ = ("HISTORY_SIZE", "Limits", "OpenAILM", "RequestDefaults")
 
 logger = logging.getLogger("rhizome.client")
 

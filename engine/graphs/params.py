@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 from rhizome.engine.client.protocol import LM
 from rhizome.engine.errors import GraphError
 from rhizome.engine.graphs.walk import join, walk
-from rhizome.engine.slots import Slot as Slot
+from rhizome.engine.slots import Slot
+
+# The slot checks moved to rhizome.engine.slots; still importable from here.
 from rhizome.engine.slots import count_problem as count_problem
 from rhizome.engine.slots import demos_problem as demos_problem
 from rhizome.engine.slots import lm_problem as lm_problem
@@ -31,17 +33,12 @@ if TYPE_CHECKING:
     from rhizome.engine.graphs.node import Node
 
 __all__ = (
-    "Slot",
-    "count_problem",
-    "demos_problem",
     "json_parameters",
-    "lm_problem",
     "named_parameters",
     "named_slots",
     "set_parameters",
-    "text_problem",
     "unknown",
-)  # the slot names are re-exported from rhizome.engine.slots, where they live
+)
 
 
 # -- the door -------------------------------------------------------------------

@@ -13,9 +13,10 @@ from typing import Any
 import anyio
 import pytest
 
-from rhizome.engine.client.openai import ChatRequest, OpenAILM
+from rhizome.engine.client.openai import OpenAILM
 from rhizome.engine.client.protocol import LM, LMRequest
 from rhizome.engine.client.usage import Prices
+from rhizome.engine.client.wire_format import ChatRequest
 from rhizome.engine.errors import (
     ConfigError,
     LMConnectionError,

@@ -36,28 +36,15 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from rhizome.engine.client.protocol import Capabilities
-from rhizome.tools.embedded.model import default_model_path, resolve_model_path
 from rhizome.tools.embedded.server import (
     LocalServer,
-    LocalServerConfig,
     start_local_server,
-    usable_cores,
 )
 
 if TYPE_CHECKING:
     from rhizome.engine.client.openai import OpenAILM
 
-__all__ = (
-    "LOCAL_CAPABILITIES",
-    "LocalServer",
-    "LocalServerConfig",
-    "async_local_lm",
-    "default_model_path",
-    "local_lm",
-    "resolve_model_path",
-    "start_local_server",
-    "usable_cores",
-)
+__all__ = ("LOCAL_CAPABILITIES", "async_local_lm", "local_lm")
 
 LOCAL_CAPABILITIES = Capabilities(json_schema=True, tools=False, n=True, json_max_outputs=1)
 """What llama.cpp serving the embedded model supports (measured, see module doc)."""
