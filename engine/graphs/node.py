@@ -8,20 +8,36 @@ one to the other. Three small methods tell the rest of rhizome what a node holds
 - :meth:`Node.own_predictors`: the LM call patterns it owns itself.
 - :meth:`Node.parameter_slots`: its tunable slots (by default every slot of
   every own predictor); :mod:`rhizome.engine.graphs.params` names them by path.
+
+A node also runs on its own, ``Predict("question -> answer")(question=..., lm=lm)``
+or ``await node.acall(...)``: it runs as the only node of a graph built for the
+call, so its trace, the response cache and the LM's limits are those of any
+graph run.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextvars
 import copy
+import functools
+import re
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+import anyio
 
 from rhizome.engine.graphs.walk import join, walk
 
 if TYPE_CHECKING:
     from rhizome.engine.call.predictor import Predictor
     from rhizome.engine.call.signature import Field
+    from rhizome.engine.client.protocol import LM
+    from rhizome.engine.example import Prediction
+    from rhizome.engine.graphs.graph import Graph
     from rhizome.engine.graphs.params import Slot
+    from rhizome.engine.trace import Trace
 
 __all__ = ("Node",)
 
@@ -119,6 +135,81 @@ class Node:
             elif isinstance(value, list) and value and all(isinstance(v, Node) for v in value):
                 setattr(new, attr, [v.copy() for v in value])
         return new
+
+    async def acall(
+        self,
+        inputs: Mapping[str, Any] | None = None,
+        /,
+        *,
+        lm: LM | None = None,
+        trace: Trace | None = None,
+        **fields: Any,
+    ) -> Prediction:
+        """Run this node on its own and return its outputs with the run's trace.
+
+        It runs as the one node of a graph (see :meth:`alone`; a graph runs
+        itself), so it takes what :meth:`Graph.run
+        <rhizome.engine.graphs.graph.Graph.run>` takes.
+
+        Raises:
+            ConfigError: The node makes LM calls and no LM is given, bound or
+                set with ``rhizome.context(lm=...)``.
+        """
+        return await self.alone(lm).run(inputs, lm=lm, trace=trace, **fields)
+
+    def __call__(
+        self,
+        inputs: Mapping[str, Any] | None = None,
+        /,
+        *,
+        lm: LM | None = None,
+        trace: Trace | None = None,
+        **fields: Any,
+    ) -> Prediction:
+        """Run this node (a graph: the graph) synchronously, as :meth:`acall` does.
+
+        It works where an event loop already runs in this thread (notebooks):
+        the run then goes to a worker thread, carrying this thread's context so
+        ``with rhizome.context(...)`` still applies.
+        """
+        call = functools.partial(self.acall, inputs, lm=lm, trace=trace, **fields)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return anyio.run(call)
+        ctx = contextvars.copy_context()
+
+        def in_thread() -> Prediction:
+            return ctx.run(anyio.run, call)
+
+        with concurrent.futures.ThreadPoolExecutor(1, "rhizome-sync") as pool:
+            return pool.submit(in_thread).result()
+
+    def alone(self, lm: LM | None = None) -> Graph:
+        """A graph holding only this node (not a copy), named after its kind.
+
+        Args:
+            lm: The LM the run will be given, if any; without one, every
+                predictor must be bound to an LM or one must be set with
+                ``rhizome.context(lm=...)``.
+
+        Raises:
+            ConfigError: The node needs an LM and none is given, bound or set.
+        """
+        from rhizome.engine.context import settings
+        from rhizome.engine.errors import ConfigError
+        from rhizome.engine.graphs.graph import Graph
+
+        unbound = [path or "(main)" for path, p in self.named_predictors() if p.lm is None]
+        if unbound and lm is None and settings().lm is None:
+            raise ConfigError(
+                f"{self.describe()} has no LM for {', '.join(unbound)}: pass one when calling "
+                "it, node(question=..., lm=OpenAILM(...)), set one with "
+                "`with rhizome.context(lm=...)`, or bind one with lm=... when building it"
+            )
+        name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", self.kind).lower()
+        name = name if name.isidentifier() else "node"
+        return Graph(name).add(name, self)
 
     def describe(self) -> str:
         """One line for drawings and errors: kind and signature."""
