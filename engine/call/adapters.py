@@ -144,6 +144,7 @@ class _ChatAdapter:
         ]
         for demo in predictor.demos if demos is None else demos:
             messages.extend(self._demo_messages(signature, demo))
+        inputs = _revived(signature, inputs)
         messages.extend(self._history_messages(signature, inputs))
         reminder = reply_format(self, signature).reminder
         body = _content(_layout(signature).prompt, inputs, suffix=f"\n\n{reminder}")
@@ -405,7 +406,7 @@ def _revived(signature: Signature, values: Mapping[str, Any]) -> Mapping[str, An
             revived[f.name] = f.convert(values[f.name])
         except TypeError as exc:
             raise SignatureError(
-                f"a demo's {f.name!r} is not a valid {f.type_name}: {exc}"
+                f"{f.name!r} is not a valid {f.type_name} (in a demo or a history turn?): {exc}"
             ) from None
     return revived
 

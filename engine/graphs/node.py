@@ -186,7 +186,7 @@ class Node:
             return pool.submit(in_thread).result()
 
     def alone(self, lm: LM | None = None) -> Graph:
-        """A graph holding only this node (not a copy), named after its kind.
+        """A graph holding only this node (not a copy), named after its kind; built once.
 
         Args:
             lm: The LM the run will be given, if any; without one, every
@@ -207,9 +207,16 @@ class Node:
                 "it, node(question=..., lm=OpenAILM(...)), set one with "
                 "`with rhizome.context(lm=...)`, or bind one with lm=... when building it"
             )
+        # Kept in a tuple, not as a Node attribute, so that copy() does not copy the graph;
+        # a copy finds a graph holding another node and builds its own.
+        kept: tuple[Graph] | None = vars(self).get("_alone")
+        if kept is not None and next(iter(kept[0].nodes.values())) is self:
+            return kept[0]
         name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", self.kind).lower()
         name = name if name.isidentifier() else "node"
-        return Graph(name).add(name, self)
+        graph = Graph(name).add(name, self)
+        self._alone = (graph,)
+        return graph
 
     def describe(self) -> str:
         """One line for drawings and errors: kind and signature."""

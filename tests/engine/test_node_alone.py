@@ -84,3 +84,15 @@ async def test_inspect_history_shows_the_last_calls_of_the_process(
     rhizome.inspect_history(1, file=out)
     assert "Second call?" in out.getvalue()
     assert "Colour?" not in out.getvalue()
+
+
+def test_a_copy_of_a_node_runs_as_itself(server: OpenAIServer, lm: OpenAILM) -> None:
+    server.responder = lambda body: '{"answer": "ok"}'
+    node = Predict("question -> answer")
+    node(question="first", lm=lm)
+    twin = node.copy()
+    twin.predictor.instruction = "Answer in one word."
+    twin(question="second", lm=lm)
+    node(question="third", lm=lm)
+    systems = [body["messages"][0]["content"] for body in server.requests]
+    assert [s.startswith("Answer in one word.") for s in systems] == [False, True, False]
