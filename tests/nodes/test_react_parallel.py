@@ -1,15 +1,20 @@
-"""ReAct with several native tool calls in one model turn, against the real test server."""
+"""ReAct with several native tool calls in one turn, and with a history, on the test server."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import anyio
 
 from rhizome.engine.call.media import History
 from rhizome.engine.client.openai import OpenAILM
+from rhizome.engine.example import Example
+from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.react import ReAct
+from rhizome.optimizers.bootstrap import BootstrapFewShot
+from rhizome.optimizers.metrics import exact_match
 from rhizome.tools.agent.tool import tool
 from tests.server import OpenAIServer, Reply
 
@@ -137,3 +142,42 @@ async def test_finish_among_calls_ends_after_the_calls_before_it(
     assert out.answer == "cold"
     assert [s["tool"] for s in out.trajectory] == ["weather", "finish"]
     assert server.request_count == 1
+
+
+async def test_an_agent_with_history_bootstraps_saves_and_loads(
+    server: OpenAIServer, lm: OpenAILM, tmp_path: Path
+) -> None:
+    def model(body: dict[str, Any]) -> Reply:
+        if body["messages"][-1]["role"] == "tool":
+            return Reply(tool_calls=[{"name": "finish", "arguments": {"answer": "Oslo"}}])
+        return calls("Oslo", "Lima")
+
+    server.responder = model
+
+    def build() -> Graph:
+        agent = ReAct(
+            "history: History, question -> answer", tools=[weather_tool(Gauge())], protocol="native"
+        )
+        return Graph("trip").add("agent", agent)
+
+    liked = History(messages=[{"role": "user", "content": "I like cold places."}])
+    trainset = [
+        Example(history=liked, question="Where should I go?", answer="Oslo").with_inputs(
+            "history", "question"
+        )
+    ]
+    tuned = await BootstrapFewShot(exact_match("answer"), max_bootstrapped_demos=1, lm=lm).optimize(
+        build(), trainset
+    )
+    demos = tuned.named_parameters()["agent.step.demos"]
+    assert demos
+    assert all(d["history"].messages == liked.messages for d in demos)
+    tuned.save(tmp_path / "trip.json")
+    loaded = build().load(tmp_path / "trip.json")
+    server.requests.clear()
+    out = await loaded.run(history=History(), question="Any tip?", lm=lm)
+    assert out["answer"] == "Oslo"
+    first = server.requests[0]["messages"]
+    assert first[1] == {"role": "user", "content": "I like cold places."}  # the demo's history
+    assert "Where should I go?" in first[2]["content"]
+    assert "Any tip?" in first[-1]["content"]
