@@ -84,6 +84,9 @@ async def test_inspect_history_shows_the_last_calls_of_the_process(
     rhizome.inspect_history(1, file=out)
     assert "Second call?" in out.getvalue()
     assert "Colour?" not in out.getvalue()
+    shown = lm.inspect_history(2)[0].format()  # the per-LM view reads images the same way
+    assert "[image: image/png, 0 KiB]" in shown
+    assert "base64" not in shown
 
 
 def test_a_copy_of_a_node_runs_as_itself(server: OpenAIServer, lm: OpenAILM) -> None:
