@@ -13,6 +13,7 @@ import contextvars
 import dataclasses
 import json
 import time
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +30,7 @@ __all__ = (
     "log_call",
     "node_record",
     "open_record",
+    "recent_calls",
     "recording",
     "start_recording",
     "stop_recording",
@@ -282,7 +284,35 @@ def close_record(
 
 
 def log_call(call: LMCall) -> None:
-    """Attach an LM call to the node record current in this task (no-op outside a run)."""
+    """Attach an LM call to the node record current in this task, and remember it.
+
+    Outside a run there is no record to attach it to; either way the call joins
+    the process-wide list of recent calls (:func:`recent_calls`).
+    """
     record = _RECORD.get()
     if record is not None:
         record.calls.append(call)
+    where = (record.node, record.kind) if record is not None else (call.predictor, "Predictor")
+    _RECENT.append((*where, call))
+
+
+RECENT_CALLS = 100
+"""How many LM calls :func:`recent_calls` remembers, process-wide."""
+
+_RECENT: deque[tuple[str, str, LMCall]] = deque(maxlen=RECENT_CALLS)
+
+
+def recent_calls(n: int = 1) -> list[dict[str, Any]]:
+    """The last ``n`` LM calls of every run in this process, oldest first, as JSON data.
+
+    Each is an :class:`LMCall` as a trace file holds it, plus the ``node`` path
+    and ``kind`` of the node that made it (the shape ``rhizome inspect`` reads).
+    At most :data:`RECENT_CALLS` are kept.
+    """
+    if n < 1:
+        return []
+    calls = list(_RECENT)[-n:]
+    return [
+        {"node": node, "kind": kind, **_jsonable(dataclasses.asdict(call))}
+        for node, kind, call in calls
+    ]

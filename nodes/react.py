@@ -21,6 +21,12 @@ of a reply cut by the token limit, and logged fields; and both read a reply in
 either form, so demos bootstrapped under one protocol serve the other. The
 trajectory (thought, tool, args, observation per step) is the node's
 ``trajectory`` output.
+
+With native function calling a model may call several tools in one turn: the
+calls run concurrently (at most ``max_parallel_tools`` at once), and the next
+request replays that turn as chat messages, the assistant's ``tool_calls``
+followed by one ``tool`` message per call holding its observation under its
+``tool_call_id``; earlier steps stay in the trajectory text.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
 
 from rhizome.engine.call.adapters import outputs_schema
 from rhizome.engine.call.parsing import coerce_json, format_value
@@ -43,7 +51,7 @@ from rhizome.tools.agent.tool import Tool, tool
 
 if TYPE_CHECKING:
     from rhizome.engine.call.adapters import Adapter
-    from rhizome.engine.client.protocol import LM, Choice
+    from rhizome.engine.client.protocol import LM, Choice, ToolCall
 
 __all__ = ("ReAct", "format_trajectory")
 
@@ -66,6 +74,7 @@ class _Action:
     tool: str
     args: Any
     error: str | None = None
+    call: ToolCall | None = None
 
     @classmethod
     def of(cls, out: dict[str, Any]) -> _Action:
@@ -90,6 +99,7 @@ class ReAct(Node):
             (native when the LM's capabilities say it supports tools).
         lm: Bind both predictors to one LM instead of the run's default.
         max_observation_chars: Longer tool results are cut to this many characters.
+        max_parallel_tools: Tool calls of one model turn that run at once.
         timeout: Seconds the whole agent may run, None for the run's default.
 
     Attributes:
@@ -112,11 +122,13 @@ class ReAct(Node):
         protocol: Protocol = "auto",
         lm: LM | None = None,
         max_observation_chars: int = 4000,
+        max_parallel_tools: int = 4,
         timeout: float | None = None,
     ) -> None:
         super().__init__(timeout=timeout)
-        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-            raise ConfigError(f"ReAct needs max_steps >= 1, got {max_steps!r}")
+        for name, value in (("max_steps", max_steps), ("max_parallel_tools", max_parallel_tools)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"ReAct needs {name} >= 1, got {value!r}")
         if protocol not in ("auto", "native", "text"):
             raise ConfigError(f"protocol must be 'auto', 'native' or 'text', got {protocol!r}")
         self._base = Signature.coerce(signature)
@@ -129,6 +141,7 @@ class ReAct(Node):
         self.max_steps = max_steps
         self.protocol = protocol
         self.max_observation_chars = max_observation_chars
+        self.max_parallel_tools = max_parallel_tools
         self.step = Predictor(self._step_signature(), role="step", lm=lm)
         self.extract = Predictor(
             self._base.append_input(TRAJECTORY, str, _TRAJECTORY_DESC).with_instruction(
@@ -193,24 +206,51 @@ class ReAct(Node):
         task = {name: inputs[name] for name in self._base.inputs if name in inputs}
         native = self._native()
         trajectory: list[dict[str, Any]] = []
+        replay: tuple[dict[str, Any], ...] = ()  # the last turn's tool calls, as messages
         for _ in range(self.max_steps):
-            step_inputs = {**task, TRAJECTORY: format_trajectory(trajectory)}
-            actions = await (self._native_step if native else self._text_step)(step_inputs)
-            for action in actions:
-                entry = {"thought": action.thought, "tool": action.tool, "args": action.args}
-                trajectory.append(entry)
+            # Steps replayed as messages (one per tool message) are left out of the text.
+            shown = trajectory[: len(trajectory) - len(replay) + 1] if replay else trajectory
+            step_inputs = {**task, TRAJECTORY: format_trajectory(shown)}
+            if native:
+                actions = await self._native_step(step_inputs, replay)
+            else:
+                actions = await self._text_step(step_inputs)
+            final, entries = await self._act(actions)
+            trajectory += entries
+            if final is not None:
+                return {**final, TRAJECTORY: trajectory}
+            replay = _replay(actions, entries)
+        final = await self.extract(**task, **{TRAJECTORY: format_trajectory(trajectory)})
+        return {**final, TRAJECTORY: trajectory}
+
+    async def _act(
+        self, actions: Sequence[_Action]
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """Carry out one turn's actions, up to its first ``finish``; tool calls run concurrently.
+
+        Returns the task's outputs when ``finish`` succeeded (else None) and a
+        trajectory entry per action taken, in the model's order.
+        """
+        ends = [i for i, a in enumerate(actions) if a.error is None and a.tool == FINISH]
+        taken = actions[: ends[0] + 1] if ends else actions
+        entries = [{"thought": a.thought, "tool": a.tool, "args": a.args} for a in taken]
+        limiter = anyio.CapacityLimiter(self.max_parallel_tools)
+        final: dict[str, Any] | None = None
+
+        async def observe(entry: dict[str, Any], action: _Action) -> None:
+            async with limiter:
+                entry["observation"] = await self._observe(action.tool, action.args)
+
+        async with anyio.create_task_group() as group:
+            for entry, action in zip(entries, taken, strict=True):
                 if action.error is not None:
                     entry["observation"] = action.error
                 elif action.tool == FINISH:
                     final, problem = self._finish(action.args)
-                    if final is not None:
-                        entry["observation"] = "done"
-                        return {**final, TRAJECTORY: trajectory}
-                    entry["observation"] = problem
+                    entry["observation"] = "done" if final is not None else problem
                 else:
-                    entry["observation"] = await self._observe(action.tool, action.args)
-        final = await self.extract(**task, **{TRAJECTORY: format_trajectory(trajectory)})
-        return {**final, TRAJECTORY: trajectory}
+                    group.start_soon(observe, entry, action)
+        return final, entries
 
     def _native(self) -> bool:
         if self.protocol != "auto":
@@ -224,16 +264,20 @@ class ReAct(Node):
             return [_Action.unreadable(exc)]
         return [_Action.of(out)]
 
-    async def _native_step(self, inputs: dict[str, Any]) -> list[_Action]:
-        """One step with the tools in the request; a function call is the action.
+    async def _native_step(
+        self, inputs: dict[str, Any], replay: tuple[dict[str, Any], ...] = ()
+    ) -> list[_Action]:
+        """One step with the tools in the request; each function call is an action.
 
         It is the ``step`` predictor's call like any other (demos, selector,
-        repair, logging); only the reply may be a function call instead of text.
+        repair, logging); only the reply may be function calls instead of text.
+        ``replay`` (the last turn's calls and observations) follows the prompt.
         """
         offer = ToolUse(
             tools=(*(t.openai_schema() for t in self.tools.values()), self._finish_schema()),
             read=_call_outputs,
             hint=_NATIVE_NOTE,
+            turns=replay,
         )
         try:
             (sample,) = await run_predictor(self.step, inputs, tools=offer)
@@ -242,7 +286,9 @@ class ReAct(Node):
         if not sample.tool_calls:
             return [_Action.of(sample.outputs)]
         thought = str(sample.outputs["thought"])
-        return [_Action(thought, c.name, _decode_args(c.arguments)) for c in sample.tool_calls]
+        return [
+            _Action(thought, c.name, _decode_args(c.arguments), call=c) for c in sample.tool_calls
+        ]
 
     def _finish_schema(self) -> dict[str, Any]:
         return {
@@ -326,6 +372,28 @@ def _path(predictor: Predictor) -> str:
     if record is None:
         return predictor.role or "predictor"
     return f"{record.node}.{predictor.role}" if predictor.role else record.node
+
+
+def _replay(
+    actions: Sequence[_Action], entries: Sequence[dict[str, Any]]
+) -> tuple[dict[str, Any], ...]:
+    """A turn of function calls as messages: the calls, then each observation by call id.
+
+    Empty when the turn was not made of function calls (the text protocol).
+    """
+    calls = [a.call for a in actions[: len(entries)] if a.call is not None]
+    if not calls or len(calls) != len(entries):
+        return ()
+    listed = [
+        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+        for c in calls
+    ]
+    thought = entries[0]["thought"] or None
+    results = [
+        {"role": "tool", "tool_call_id": c.id, "content": str(e["observation"])}
+        for c, e in zip(calls, entries, strict=True)
+    ]
+    return ({"role": "assistant", "content": thought, "tool_calls": listed}, *results)
 
 
 def _decode_args(arguments: str) -> Any:

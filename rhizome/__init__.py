@@ -14,6 +14,8 @@ from rhizome.engine.batches.batch import BatchResult as BatchResult
 from rhizome.engine.call.adapters import Adapter as Adapter
 from rhizome.engine.call.adapters import JSONAdapter as JSONAdapter
 from rhizome.engine.call.adapters import TextAdapter as TextAdapter
+from rhizome.engine.call.media import History as History
+from rhizome.engine.call.media import Image as Image
 from rhizome.engine.call.predictor import Predictor as Predictor
 from rhizome.engine.call.signature import Field as Field
 from rhizome.engine.call.signature import InputField as InputField
@@ -49,6 +51,7 @@ from rhizome.engine.example import Prediction as Prediction
 from rhizome.engine.graphs.graph import Graph as Graph
 from rhizome.engine.graphs.node import Node as Node
 from rhizome.engine.trace import Trace as Trace
+from rhizome.inspection import inspect_history as inspect_history
 from rhizome.nodes.compare import MultiChainComparison as MultiChainComparison
 from rhizome.nodes.function import FunctionNode as FunctionNode
 from rhizome.nodes.loop import Loop as Loop
@@ -123,6 +126,8 @@ __all__ = (
     "FunctionNode",
     "Graph",
     "GraphError",
+    "History",
+    "Image",
     "InMemoryRetriever",
     "InputField",
     "JSONAdapter",
@@ -180,6 +185,7 @@ __all__ = (
     "exact_match",
     "export_finetune_data",
     "index_documents",
+    "inspect_history",
     "llm_judge",
     "local_lm",
     "make_http_get",

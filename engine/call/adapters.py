@@ -25,6 +25,12 @@ signature and instruction, so it is built once per pair and cached; demos
 follow as user/assistant pairs and the real input comes last, so calls of one
 predictor share a long prefix that servers can cache.
 
+Inputs that are not text (:mod:`rhizome.engine.call.media`) take their own
+place: a :class:`~rhizome.engine.call.media.History` becomes chat turns just
+before the message that holds the inputs (a demo's history before that demo's
+pair), and an :class:`~rhizome.engine.call.media.Image` an ``image_url`` part
+of that message, between its field's tags.
+
 :func:`run_predictor`, which makes a predictor's LM call with its adapter, lives
 in :mod:`rhizome.engine.call.run` and is re-exported here.
 """
@@ -34,22 +40,25 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import typing
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import pydantic
 
+from rhizome.engine.call.media import History, Image, image_parts, is_turn
 from rhizome.engine.call.parsing import (
     describe_type,
     format_input,
     format_value,
     parse_json,
     parse_tagged,
+    split_optional,
 )
 from rhizome.engine.call.signature import Field, Signature
 from rhizome.engine.call.strict_schema import strict_schema
 from rhizome.engine.client.protocol import LM
-from rhizome.engine.errors import ParseError
+from rhizome.engine.errors import ParseError, SignatureError
 from rhizome.engine.trace import jsonable
 
 if TYPE_CHECKING:
@@ -126,16 +135,18 @@ class _ChatAdapter:
         *,
         demos: Sequence[Mapping[str, Any]] | None = None,
     ) -> RenderedPrompt:
-        """Messages for ``inputs``: system, demo pairs, then the real input."""
+        """Messages for ``inputs``: system, demo turns, history turns, then the real input."""
         signature = predictor.signature
         messages: list[Message] = [
             {"role": "system", "content": system_prompt(self, signature, predictor.instruction)}
         ]
         for demo in predictor.demos if demos is None else demos:
             messages.extend(self._demo_messages(signature, demo))
+        inputs = _revived(signature, inputs)
+        messages.extend(self._history_messages(signature, inputs))
         reminder = reply_format(self, signature).reminder
-        body = _sections(signature.inputs.values(), inputs)
-        messages.append({"role": "user", "content": f"{body}\n\n{reminder}"})
+        body = _content(_layout(signature).prompt, inputs, suffix=f"\n\n{reminder}")
+        messages.append({"role": "user", "content": body})
         return RenderedPrompt(
             messages=tuple(messages), response_format=self.response_format(signature)
         )
@@ -161,14 +172,45 @@ class _ChatAdapter:
         """The reply format for ``signature`` (built once through :func:`reply_format`)."""
         raise NotImplementedError
 
+    def format_fields(self, values: Mapping[str, Any]) -> str:
+        """An assistant reply holding ``values``, in their order (demos, history turns)."""
+        raise NotImplementedError
+
     def _demo_messages(self, signature: Signature, demo: Mapping[str, Any]) -> list[Message]:
         outputs = {k: demo[k] for k in signature.outputs if k in demo}
         if not outputs:
             return []
+        demo = _revived(signature, demo)
         return [
-            {"role": "user", "content": _sections(signature.inputs.values(), demo)},
+            *self._history_messages(signature, demo),
+            {"role": "user", "content": _content(_layout(signature).prompt, demo)},
             {"role": "assistant", "content": self.format_outputs(signature, outputs)},
         ]
+
+    def _history_messages(self, signature: Signature, values: Mapping[str, Any]) -> list[Message]:
+        """The turns of every history input in ``values``, oldest first."""
+        messages: list[Message] = []
+        for name in _layout(signature).histories:
+            history = values.get(name)
+            for turn in history.messages if isinstance(history, History) else ():
+                if is_turn(turn):
+                    messages.append({"role": turn["role"], "content": turn["content"]})
+                else:
+                    messages.extend(self._exchange(signature, turn))
+        return messages
+
+    def _exchange(self, signature: Signature, turn: Mapping[str, Any]) -> list[Message]:
+        """A past exchange keyed by field names: the inputs as a user turn, the rest replied."""
+        layout = _layout(signature)
+        asked = _revived(signature, {k: v for k, v in turn.items() if k in signature.inputs})
+        first = [k for k in signature.outputs if k in turn]
+        said = {k: turn[k] for k in [*first, *(k for k in turn if k not in signature.inputs)]}
+        messages: list[Message] = []
+        if asked:
+            messages.append({"role": "user", "content": _content(layout.prompt, asked)})
+        if said:
+            messages.append({"role": "assistant", "content": self.format_fields(said)})
+        return messages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,7 +219,11 @@ class TextAdapter(_ChatAdapter):
 
     def format_outputs(self, signature: Signature, values: Mapping[str, Any]) -> str:
         """The reply as tagged sections, skipping fields absent from ``values``."""
-        return _sections(signature.outputs.values(), values, inputs=False)
+        return self.format_fields({k: values[k] for k in signature.outputs if k in values})
+
+    def format_fields(self, values: Mapping[str, Any]) -> str:
+        """Each value between its own tags, in the order given."""
+        return "\n".join(f"<{k}>\n{format_value(v)}\n</{k}>" for k, v in values.items())
 
     def output_rules(self, signature: Signature) -> _Format:
         """Tag-per-field rules with a placeholder saying how each value is written."""
@@ -204,8 +250,11 @@ class JSONAdapter(_ChatAdapter):
 
     def format_outputs(self, signature: Signature, values: Mapping[str, Any]) -> str:
         """The reply as a JSON object, skipping fields absent from ``values``."""
-        present = {k: jsonable(values[k]) for k in signature.outputs if k in values}
-        return json.dumps(present, ensure_ascii=False, indent=2)
+        return self.format_fields({k: values[k] for k in signature.outputs if k in values})
+
+    def format_fields(self, values: Mapping[str, Any]) -> str:
+        """One JSON object holding the values, keyed in the order given."""
+        return json.dumps(jsonable(dict(values)), ensure_ascii=False, indent=2)
 
     def output_rules(self, signature: Signature) -> _Format:
         """JSON-object rules with a placeholder saying how each value is written."""
@@ -263,11 +312,18 @@ def reply_format(adapter: _ChatAdapter, signature: Signature) -> _Format:
 @functools.lru_cache(maxsize=512)
 def system_prompt(adapter: _ChatAdapter, signature: Signature, instruction: str) -> str:
     """The system message: instruction, fields and reply format (built once per triple)."""
-    ins = "\n".join(_field_line(f) for f in signature.inputs.values()) or "(none)"
+    layout = _layout(signature)
+    ins = "\n".join(_field_line(f) for f in layout.prompt) or "(none)"
     outs = "\n".join(_field_line(f) for f in signature.outputs.values())
+    earlier = (
+        f"The conversation so far ({', '.join(layout.histories)}) comes first, as the "
+        "earlier messages of this chat.\n\n"
+        if layout.histories
+        else ""
+    )
     return (
         f"{instruction.strip()}\n\n"
-        f"Inputs, each given between its own tags:\n{ins}\n\n"
+        f"{earlier}Inputs, each given between its own tags:\n{ins}\n\n"
         f"Outputs:\n{outs}\n\n"
         f"{reply_format(adapter, signature).rules}"
     )
@@ -311,9 +367,75 @@ def _field_line(f: Field) -> str:
     return f"- {f.name} ({f.type_name}){desc}"
 
 
-def _sections(fields: Any, values: Mapping[str, Any], *, inputs: bool = True) -> str:
-    """Tagged sections for the fields present in ``values``, in field order."""
-    write = format_input if inputs else format_value
-    return "\n".join(
-        f"<{f.name}>\n{write(values[f.name])}\n</{f.name}>" for f in fields if f.name in values
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """Where a signature's inputs go: history fields as turns, the rest in the prompt."""
+
+    histories: tuple[str, ...]
+    prompt: tuple[Field, ...]
+    media: tuple[Field, ...]
+
+
+@functools.lru_cache(maxsize=512)
+def _layout(signature: Signature) -> _Layout:
+    inputs = signature.inputs.values()
+    histories = tuple(f.name for f in inputs if split_optional(f.annotation)[0] is History)
+    return _Layout(
+        histories=histories,
+        prompt=tuple(f for f in inputs if f.name not in histories),
+        media=tuple(f for f in inputs if _mentions_media(f.annotation)),
     )
+
+
+def _mentions_media(annotation: Any) -> bool:
+    if annotation is History or annotation is Image:
+        return True
+    return any(_mentions_media(a) for a in typing.get_args(annotation))
+
+
+def _revived(signature: Signature, values: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``values`` with histories and images read back from JSON (a loaded demo holds dicts)."""
+    stale = [f for f in _layout(signature).media if f.name in values]
+    if not stale:
+        return values
+    revived = dict(values)
+    for f in stale:
+        try:
+            revived[f.name] = f.convert(values[f.name])
+        except TypeError as exc:
+            raise SignatureError(
+                f"{f.name!r} is not a valid {f.type_name} (in a demo or a history turn?): {exc}"
+            ) from None
+    return revived
+
+
+def _content(
+    fields: Sequence[Field], values: Mapping[str, Any], *, suffix: str = ""
+) -> str | list[Message]:
+    """A user message's content: tagged sections as text, images as ``image_url`` parts.
+
+    Without images it is one string (what most servers expect); with images a
+    list of parts, each image between its field's tags.
+    """
+    pieces: list[str | list[Message]] = []
+    for f in fields:
+        if f.name not in values:
+            continue
+        images = image_parts(values[f.name])
+        if images is None:
+            pieces.append(f"<{f.name}>\n{format_input(values[f.name])}\n</{f.name}>")
+        else:
+            pieces += [f"<{f.name}>", images, f"</{f.name}>"]
+    if all(isinstance(p, str) for p in pieces):
+        return "\n".join(p for p in pieces if isinstance(p, str)) + suffix
+    parts: list[Message] = []
+    text: list[str] = []
+    for piece in pieces:
+        if isinstance(piece, str):
+            text.append(piece)
+            continue
+        parts.append({"type": "text", "text": "\n".join([*text, ""])})
+        parts.extend(piece)
+        text = [""]
+    parts.append({"type": "text", "text": "\n".join(text) + suffix})
+    return parts

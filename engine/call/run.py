@@ -71,12 +71,16 @@ class ToolUse:
         choice: The request's ``tool_choice``; None leaves it to the server.
         hint: Text added to the last user message (and to a repair), telling
             the model it may call the tools; empty adds nothing.
+        turns: Messages sent after the prompt: the model's last turn that
+            called tools (an assistant message with ``tool_calls``) and one
+            ``tool`` message per call, carrying its ``tool_call_id``.
     """
 
     tools: tuple[dict[str, Any], ...]
     read: Callable[[Choice, Adapter], dict[str, Any]]
     choice: str | dict[str, Any] | None = None
     hint: str = ""
+    turns: tuple[dict[str, Any], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -248,11 +252,13 @@ class _Call:
         )
 
     def hinted(self, messages: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
-        """``messages`` with the tool hint added to the last one (when tools have a hint)."""
-        if self.tools is None or not self.tools.hint or not messages:
+        """``messages`` with the tool hint added to the last one, then the tool turns."""
+        if self.tools is None:
             return messages
-        *head, last = messages
-        return (*head, {**last, "content": f"{last['content']}\n\n{self.tools.hint}"})
+        if self.tools.hint and messages:
+            *head, last = messages
+            messages = (*head, {**last, "content": _appended(last["content"], self.tools.hint)})
+        return (*messages, *self.tools.turns)
 
     def longer(self, request: LMRequest) -> LMRequest | None:
         """``request`` with ``LENGTH_RETRY_FACTOR`` times its token limit; None if unknown.
@@ -458,6 +464,13 @@ class _Call:
                 note=entry.note,
             )
         )
+
+
+def _appended(content: str | list[dict[str, Any]], text: str) -> str | list[dict[str, Any]]:
+    """Message content with a paragraph added: to the text, or as a last text part."""
+    if isinstance(content, str):
+        return f"{content}\n\n{text}"
+    return [*content, {"type": "text", "text": f"\n\n{text}"}]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -12,7 +12,8 @@ instruction and whose annotated attributes are fields::
         answer: int = OutputField(desc="a whole number")
 
 Type strings are read by a small parser, never ``eval``: it knows the builtin
-scalars, ``list[...]``, ``dict[...]``, ``Literal[...]``, ``Optional[...]`` and any
+scalars, ``list[...]``, ``dict[...]``, ``Literal[...]``, ``Optional[...]``, the
+input types ``History`` and ``Image`` (:mod:`rhizome.engine.call.media`) and any
 names passed in ``types=``.
 """
 
@@ -30,6 +31,7 @@ from typing import Any, ClassVar, Literal
 
 import pydantic
 
+from rhizome.engine.call.media import History, Image
 from rhizome.engine.call.values import convert
 from rhizome.engine.errors import SignatureError
 
@@ -55,6 +57,8 @@ _BUILTIN_TYPES: dict[str, Any] = {
     "list": list,
     "dict": dict,
     "Any": Any,
+    "History": History,
+    "Image": Image,
 }
 
 

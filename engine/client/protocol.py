@@ -22,6 +22,7 @@ __all__ = (
     "LMResponse",
     "ToolCall",
     "Usage",
+    "readable_content",
 )
 
 
@@ -190,7 +191,7 @@ class HistoryEntry:
         lines = []
         for message in self.request.messages:
             lines.append(f"--- {message.get('role', '?')} ---")
-            lines.append(str(message.get("content") or ""))
+            lines.append(readable_content(message.get("content")))
         lines.append("--- reply ---")
         if self.response is not None:
             tag = " (cached)" if self.response.cached else ""
@@ -198,3 +199,35 @@ class HistoryEntry:
         else:
             lines.append(f"<error: {self.error}>")
         return "\n".join(lines)
+
+
+def readable_content(content: Any) -> str:
+    """A message's content as text to read: text parts joined, images as a short line.
+
+    Content is a string, or a list of parts (``{"type": "text", ...}``,
+    ``{"type": "image_url", ...}``); an image's data URL is shown by its type
+    and size, not as thousands of base64 characters.
+    """
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return str(content)
+    return "".join(_readable_part(part) for part in content)
+
+
+def _readable_part(part: Any) -> str:
+    if not isinstance(part, dict):
+        return str(part)
+    if part.get("type") == "text":
+        return str(part.get("text", ""))
+    url = (
+        str((part.get("image_url") or {}).get("url", "")) if part.get("type") == "image_url" else ""
+    )
+    if not url:
+        return f"[{part.get('type', 'part')}]"
+    if url.startswith("data:"):
+        head = url.split(",", 1)[0].removeprefix("data:").split(";")[0]
+        return f"[image: {head or 'data'}, {len(url) * 3 // 4 // 1024} KiB]"
+    return f"[image: {url}]"

@@ -17,17 +17,12 @@ draws itself::
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextvars
 import copy
-import functools
 import sys
 from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-import anyio
 import networkx as nx
 
 from rhizome.engine.batches import batch as _batch
@@ -36,7 +31,7 @@ from rhizome.engine.errors import GraphError
 from rhizome.engine.graphs import params as _params
 from rhizome.engine.graphs import saving as _saving
 from rhizome.engine.graphs.mermaid import to_mermaid
-from rhizome.engine.graphs.node import Node
+from rhizome.engine.graphs.node import Node, register_graph_type
 from rhizome.engine.graphs.plan import (
     Condition,
     Plan,
@@ -301,33 +296,9 @@ class Graph(Node):
         trace = Trace() if trace is None else trace
         return await run_traced(self.plan(), values, trace=trace, lm=lm)
 
-    def __call__(
-        self,
-        inputs: Mapping[str, Any] | None = None,
-        /,
-        *,
-        lm: LM | None = None,
-        trace: Trace | None = None,
-        **fields: Any,
-    ) -> Prediction:
-        """Run the graph synchronously (works inside a running event loop, e.g. notebooks).
-
-        Takes what :meth:`run` takes.
-        """
-        call = functools.partial(self.run, inputs, lm=lm, trace=trace, **fields)
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return anyio.run(call)
-        # A loop already runs in this thread: run ours in a worker thread, carrying
-        # this thread's context so `with rhizome.context(...)` still applies.
-        ctx = contextvars.copy_context()
-
-        def in_thread() -> Prediction:
-            return ctx.run(anyio.run, call)
-
-        with concurrent.futures.ThreadPoolExecutor(1, "rhizome-sync") as pool:
-            return pool.submit(in_thread).result()
+    def alone(self, lm: LM | None = None) -> Graph:
+        """The graph itself: what runs when it is called (``graph(...)``, ``graph.acall(...)``)."""
+        return self
 
     async def forward(self, **inputs: Any) -> dict[str, Any]:
         """Run as a node of an enclosing graph, recording into the enclosing trace."""
@@ -462,6 +433,9 @@ class Graph(Node):
 
     def __repr__(self) -> str:
         return f"Graph({self.name!r}, nodes=[{', '.join(self._g.nodes)}])"
+
+
+register_graph_type(Graph)
 
 
 def _declared_fields(declared: Declared) -> dict[str, Field] | None:

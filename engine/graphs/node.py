@@ -8,22 +8,47 @@ one to the other. Three small methods tell the rest of rhizome what a node holds
 - :meth:`Node.own_predictors`: the LM call patterns it owns itself.
 - :meth:`Node.parameter_slots`: its tunable slots (by default every slot of
   every own predictor); :mod:`rhizome.engine.graphs.params` names them by path.
+
+A node also runs on its own, ``Predict("question -> answer")(question=..., lm=lm)``
+or ``await node.acall(...)``: it runs as the only node of a graph built for the
+call, so its trace, the response cache and the LM's limits are those of any
+graph run.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextvars
 import copy
+import functools
+import re
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+import anyio
 
 from rhizome.engine.call.predictor import Predictor
 from rhizome.engine.graphs.walk import join, walk
 
 if TYPE_CHECKING:
     from rhizome.engine.call.signature import Field
+    from rhizome.engine.client.protocol import LM
+    from rhizome.engine.example import Prediction
+    from rhizome.engine.graphs.graph import Graph
     from rhizome.engine.slots import Slot
+    from rhizome.engine.trace import Trace
 
-__all__ = ("Node",)
+__all__ = ("Node", "register_graph_type")
+
+# The class that runs a node on its own (see Node.alone). A graph is a node, so this
+# module cannot import it; rhizome.engine.graphs.graph registers it when imported.
+_GRAPH_TYPE: list[type[Graph]] = []
+
+
+def register_graph_type(graph_type: type[Graph]) -> None:
+    """Make ``graph_type`` the graph that :meth:`Node.alone` builds (done by the graph module)."""
+    _GRAPH_TYPE[:] = [graph_type]
 
 
 class Node:
@@ -119,6 +144,93 @@ class Node:
             elif isinstance(value, list) and value and all(isinstance(v, Node) for v in value):
                 setattr(new, attr, [v.copy() for v in value])
         return new
+
+    async def acall(
+        self,
+        inputs: Mapping[str, Any] | None = None,
+        /,
+        *,
+        lm: LM | None = None,
+        trace: Trace | None = None,
+        **fields: Any,
+    ) -> Prediction:
+        """Run this node on its own and return its outputs with the run's trace.
+
+        It runs as the one node of a graph (see :meth:`alone`; a graph runs
+        itself), so it takes what :meth:`Graph.run
+        <rhizome.engine.graphs.graph.Graph.run>` takes.
+
+        Raises:
+            ConfigError: The node makes LM calls and no LM is given, bound or
+                set with ``rhizome.context(lm=...)``.
+        """
+        return await self.alone(lm).run(inputs, lm=lm, trace=trace, **fields)
+
+    def __call__(
+        self,
+        inputs: Mapping[str, Any] | None = None,
+        /,
+        *,
+        lm: LM | None = None,
+        trace: Trace | None = None,
+        **fields: Any,
+    ) -> Prediction:
+        """Run this node (a graph: the graph) synchronously, as :meth:`acall` does.
+
+        It works where an event loop already runs in this thread (notebooks):
+        the run then goes to a worker thread, carrying this thread's context so
+        ``with rhizome.context(...)`` still applies.
+        """
+        call = functools.partial(self.acall, inputs, lm=lm, trace=trace, **fields)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return anyio.run(call)
+        ctx = contextvars.copy_context()
+
+        def in_thread() -> Prediction:
+            return ctx.run(anyio.run, call)
+
+        with concurrent.futures.ThreadPoolExecutor(1, "rhizome-sync") as pool:
+            return pool.submit(in_thread).result()
+
+    def alone(self, lm: LM | None = None) -> Graph:
+        """A graph holding only this node (not a copy), named after its kind; built once.
+
+        Args:
+            lm: The LM the run will be given, if any; without one, every
+                predictor must be bound to an LM or one must be set with
+                ``rhizome.context(lm=...)``.
+
+        Raises:
+            ConfigError: The node needs an LM and none is given, bound or set.
+        """
+        from rhizome.engine.context import settings
+        from rhizome.engine.errors import ConfigError
+
+        if not _GRAPH_TYPE:
+            raise ConfigError(
+                "no graph type is registered to run a node on its own: import rhizome "
+                "(or rhizome.engine.graphs.graph) first"
+            )
+        (graph_type,) = _GRAPH_TYPE
+        unbound = [path or "(main)" for path, p in self.named_predictors() if p.lm is None]
+        if unbound and lm is None and settings().lm is None:
+            raise ConfigError(
+                f"{self.describe()} has no LM for {', '.join(unbound)}: pass one when calling "
+                "it, node(question=..., lm=OpenAILM(...)), set one with "
+                "`with rhizome.context(lm=...)`, or bind one with lm=... when building it"
+            )
+        # Kept in a tuple, not as a Node attribute, so that copy() does not copy the graph;
+        # a copy finds a graph holding another node and builds its own.
+        kept: tuple[Graph] | None = vars(self).get("_alone")
+        if kept is not None and next(iter(kept[0].nodes.values())) is self:
+            return kept[0]
+        name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", self.kind).lower()
+        name = name if name.isidentifier() else "node"
+        graph = graph_type(name).add(name, self)
+        self._alone = (graph,)
+        return graph
 
     def describe(self) -> str:
         """One line for drawings and errors: kind and signature."""

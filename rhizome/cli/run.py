@@ -36,6 +36,7 @@ from rhizome.cli.common import (
 from rhizome.cli.results import ResultsFile, journal_dir
 from rhizome.engine.errors import ConfigError
 from rhizome.engine.trace import Trace, jsonable
+from rhizome.inspection import format_call
 from rhizome.serving.schema import check_inputs
 from rhizome.telemetry import request_models
 
@@ -256,7 +257,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print_json(calls)
         return 0
     for call in calls:
-        print(_format_call(call))
+        print(format_call(call))
     return 0
 
 
@@ -293,19 +294,3 @@ def _json(text: str, where: Path) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise CommandError(f"{where} is not a trace (not a JSON object)")
     return value
-
-
-def _format_call(call: dict[str, Any]) -> str:
-    usage = call.get("usage") or {}
-    tokens = f"{usage.get('prompt_tokens', 0)}+{usage.get('completion_tokens', 0)} tokens"
-    flags = " · cached" if call.get("cached") else ""
-    head = f"── {call.get('predictor') or call['node']} ({call['kind']}) · {tokens}{flags} ──"
-    lines = [head]
-    for message in call.get("messages", []):
-        lines.append(f"[{message.get('role', '?')}]")
-        lines.append(format_value(message.get("content") or ""))
-    lines.append("[reply]")
-    lines.append(call.get("reply", ""))
-    if call.get("error"):
-        lines.append(f"[error] {call['error']}")
-    return "\n".join(lines) + "\n"

@@ -105,7 +105,7 @@ def asked(body: dict[str, Any]) -> list[str]:
 
 def field(body: dict[str, Any], name: str) -> str:
     """An input field's text in the last user message."""
-    user = str(body["messages"][-1]["content"])
+    user = str([m for m in body["messages"] if m["role"] == "user"][-1]["content"])
     match = re.search(rf"<{name}>\n(.*?)\n</{name}>", user, re.DOTALL)
     return match.group(1) if match else ""
 
@@ -218,12 +218,23 @@ def next_action(trajectory: str) -> tuple[str, str, dict[str, Any]]:
     return "Find when she was born.", "search", {"query": "When was Ada Lovelace born?"}
 
 
+def replayed(body: dict[str, Any]) -> str:
+    """The last turn's function calls and their results, which come as messages (native)."""
+    results = {m["tool_call_id"]: m["content"] for m in body["messages"] if m["role"] == "tool"}
+    return "\n\n".join(
+        f"tool: {c['function']['name']}\nargs: {c['function']['arguments']}\n"
+        f"observation: {results[c['id']]}"
+        for m in body["messages"]
+        for c in m.get("tool_calls") or ()
+    )
+
+
 def agent_model(*, native: bool) -> Callable[[dict[str, Any]], str | Reply]:
     """The agent's model; ``native`` answers with function calls."""
 
     def respond(body: dict[str, Any]) -> str | Reply:
         outputs = asked(body)
-        trajectory = field(body, "trajectory")
+        trajectory = f"{field(body, 'trajectory')}\n\n{replayed(body)}"
         if "tool_name" not in outputs:  # the extract predictor
             return reply(body, {"answer": -1})
         thought, name, args = next_action(trajectory)
