@@ -110,6 +110,7 @@ async def test_stdio_tools_keep_the_servers_schema_and_errors_become_observation
         assert "argument 'city': 7 is not of type 'string'" in bad
         assert "argument 'year': 1800 is less than the minimum of 1900" in bad
         assert "parameters of tool 'city_population'" in bad
+        assert "missing required argument 'city'" in await city.observe({"year": 2000})
         pid = int((await by_name["server_pid"]()).text)
         assert pid != os.getpid()
         assert int((await by_name["server_pid"]()).text) == pid  # one session for the block

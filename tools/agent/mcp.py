@@ -105,11 +105,7 @@ class MCPTool(Tool):
         validator = _validator(json.dumps(self._schema, sort_keys=True))
         if validator is None:
             return payload
-        problems, names = [], []
-        for error in sorted(validator.iter_errors(payload), key=lambda e: list(e.absolute_path)):
-            where = ".".join(str(part) for part in error.absolute_path)
-            names.append(where or "(arguments)")
-            problems.append(f"argument {where!r}: {error.message}" if where else error.message)
+        problems, names = _schema_problems(validator, payload)
         if problems:
             raise ToolArgumentError(
                 f"invalid arguments for tool {self.name!r}: {'; '.join(problems)}.\n"
@@ -224,16 +220,20 @@ class MCPToolset:
                 f"could not connect to the MCP server {self}: {type(cause).__name__}: {cause}"
             ) from exc
 
-    def _http_transport(self) -> Any:
+    @asynccontextmanager
+    async def _http_transport(self) -> AsyncIterator[Any]:
+        """The SDK's streamable HTTP streams, over an HTTP client carrying ``headers``."""
+        import httpx2
         from mcp.client.streamable_http import streamable_http_client
 
         assert self.url is not None
-        if self.headers is None:
-            return streamable_http_client(self.url)
-        import httpx2
-
-        client = httpx2.AsyncClient(headers=self.headers)
-        return streamable_http_client(self.url, http_client=client)
+        # The SDK's own defaults: a long read timeout, as a reply may be a held-open stream.
+        timeout = httpx2.Timeout(30.0, read=300.0)
+        async with (
+            httpx2.AsyncClient(headers=self.headers, timeout=timeout) as http,
+            streamable_http_client(self.url, http_client=http) as streams,
+        ):
+            yield streams
 
     async def call(self, name: str, arguments: dict[str, Any]) -> Any:
         """Call the server's tool ``name``: in the open block, the current run, or alone."""
@@ -337,6 +337,22 @@ def _result_text(result: Any) -> str:
     if not parts and result.structured_content is not None:
         return json.dumps(result.structured_content, ensure_ascii=False, default=str)
     return "\n".join(parts)
+
+
+def _schema_problems(validator: Any, payload: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """What is wrong with ``payload`` by the schema, and the arguments concerned."""
+    problems: list[str] = []
+    names: list[str] = []
+    for error in sorted(validator.iter_errors(payload), key=lambda e: list(e.absolute_path)):
+        where = ".".join(str(part) for part in error.absolute_path)
+        if error.validator == "required" and isinstance(error.instance, dict):
+            absent = [n for n in error.validator_value if n not in error.instance]
+            names.extend(f"{where}.{n}" if where else n for n in absent)
+            problems.extend(f"missing required argument {n!r}" for n in absent)
+            continue
+        names.append(where or "(arguments)")
+        problems.append(f"argument {where!r}: {error.message}" if where else error.message)
+    return problems, names
 
 
 def _leaf(exc: BaseException) -> BaseException:
