@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -100,7 +101,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.mcp:
         return _serve_mcp(args)
     try:
-        from rhizome.serving.app import ServeConfig, create_app, run_server
+        from rhizome.serving.app import create_app
     except ImportError as exc:
         raise CommandError(
             f"serving needs FastAPI and uvicorn ({exc.name} is missing)",
@@ -109,14 +110,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     graph = load_graph(args)
     token = os.environ.get(args.token_env) or None
     _warn_exposure(args.host, token)
-    config = ServeConfig(
-        token=token,
-        max_body_bytes=args.max_body_bytes,
-        max_batch=args.max_batch,
-        concurrency=args.concurrency,
-        max_queue=args.max_queue,
-        timeout=args.timeout,
-    )
+    config = _config(args, token)
     with open_lm(args) as lm, open_telemetry(args) as telemetry:
         require_lm(graph, lm)
         app = create_app(graph, lm=lm, config=config, telemetry=telemetry)
@@ -125,21 +119,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"rhizome: serving {graph.name!r} from {_source(args)}; auth: {auth}; docs at /docs",
             file=sys.stderr,
         )
-        with _sigterm_is_a_clean_exit():
-            run_server(
-                app,
-                host=args.host,
-                port=args.port,
-                graceful_timeout=args.graceful_timeout,
-                log_level=args.log_level,
-            )
+        _run_http(app, args)
     return 0
 
 
 def _serve_mcp(args: argparse.Namespace) -> int:
     """``rhizome serve --mcp``: the program as one MCP tool, over stdio or streamable HTTP."""
     try:
-        from rhizome.serving.app import ServeConfig, run_server
         from rhizome.serving.mcp import create_mcp_server, mcp_http_app, serve_mcp_stdio
         from rhizome.tools.agent.mcp import require_mcp
 
@@ -148,12 +134,7 @@ def _serve_mcp(args: argparse.Namespace) -> int:
         raise CommandError(str(exc), hint="pip install 'rhizome[serve,mcp]'") from None
     graph = load_graph(args)
     token = (os.environ.get(args.token_env) or None) if args.mcp == "http" else None
-    config = ServeConfig(
-        token=token,
-        max_body_bytes=args.max_body_bytes,
-        concurrency=args.concurrency,
-        timeout=args.timeout,
-    )
+    config = _config(args, token)
     with open_lm(args) as lm, open_telemetry(args) as telemetry:
         require_lm(graph, lm)
         server = create_mcp_server(graph, lm=lm, config=config, telemetry=telemetry)
@@ -167,15 +148,36 @@ def _serve_mcp(args: argparse.Namespace) -> int:
             return 0
         _warn_exposure(args.host, token)
         app = mcp_http_app(server, config=config, host=args.host)
-        with _sigterm_is_a_clean_exit():
-            run_server(
-                app,
-                host=args.host,
-                port=args.port,
-                graceful_timeout=args.graceful_timeout,
-                log_level=args.log_level,
-            )
+        _run_http(app, args)
     return 0
+
+
+def _config(args: argparse.Namespace, token: str | None) -> Any:
+    """The server's limits and token from the command line."""
+    from rhizome.serving.app import ServeConfig
+
+    return ServeConfig(
+        token=token,
+        max_body_bytes=args.max_body_bytes,
+        max_batch=args.max_batch,
+        concurrency=args.concurrency,
+        max_queue=args.max_queue,
+        timeout=args.timeout,
+    )
+
+
+def _run_http(app: Any, args: argparse.Namespace) -> None:
+    """Serve ``app`` with uvicorn on ``--host``/``--port`` until a signal stops it."""
+    from rhizome.serving.app import run_server
+
+    with _sigterm_is_a_clean_exit():
+        run_server(
+            app,
+            host=args.host,
+            port=args.port,
+            graceful_timeout=args.graceful_timeout,
+            log_level=args.log_level,
+        )
 
 
 @contextlib.contextmanager

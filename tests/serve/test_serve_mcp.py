@@ -10,10 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from mcp import Client, StdioServerParameters
 
 from rhizome.engine.errors import ConfigError
 from rhizome.tools.agent.mcp import mcp_tools
-from tests.serve.conftest import free_port
+from tests.serve.conftest import free_port, wait_listening
 from tests.server import OpenAIServer, Reply
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,13 +94,7 @@ def http_mcp(server: OpenAIServer) -> Iterator[str]:
     command = serve_command(server, "--mcp", "http", "--port", str(port), "--log-level", "warning")
     process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"rhizome serve --mcp http did not start: {process.stderr}")
-            time.sleep(0.05)
+        wait_listening(process, port, "rhizome serve --mcp http")
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
         process.terminate()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.react import ReAct
 from rhizome.tools.agent.mcp import MCPTool, mcp_tools, require_mcp
 from rhizome.tools.agent.tool import tool
+from tests.serve.conftest import free_port, wait_listening
 from tests.server import OpenAIServer, Reply
 
 SERVER = str(Path(__file__).with_name("mcp_server.py"))
@@ -65,20 +65,12 @@ def gone(pid: int, within: float = 5.0) -> bool:
 @contextlib.contextmanager
 def http_server() -> Iterator[str]:
     """The test MCP server over streamable HTTP on a free 127.0.0.1 port: its ``/mcp`` URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     process = subprocess.Popen(
         [*STDIO, "http", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"MCP server did not start: {process.communicate()[1]!r}")
-            time.sleep(0.05)
+        wait_listening(process, port, "the test MCP server")
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
         process.terminate()
