@@ -185,6 +185,7 @@ class MCPToolset:
         self.timeout = timeout
         self._client: Client | None = None
         self._open: AbstractAsyncContextManager[Client] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         where = f"stdio={self.stdio!r}" if self.stdio is not None else f"url={self.url!r}"
@@ -236,8 +237,12 @@ class MCPToolset:
             yield streams
 
     async def call(self, name: str, arguments: dict[str, Any]) -> Any:
-        """Call the server's tool ``name``: in the open block, the current run, or alone."""
-        if self._client is not None:
+        """Call the server's tool ``name``: in the open block, the current run, or alone.
+
+        The block's session serves calls on its own event loop only (a sync
+        ``graph(...)`` inside the block runs on another, and gets the run's session).
+        """
+        if self._client is not None and self._loop is asyncio.get_running_loop():
             return await self._client.call_tool(name, arguments)
         client = await run_resource(self, self.connect)
         if client is not None:
@@ -252,7 +257,7 @@ class MCPToolset:
             raise ConfigError(f"{self} is already open; leave its block before entering it again")
         opened = self.connect()
         client = await opened.__aenter__()
-        self._open, self._client = opened, client
+        self._open, self._client, self._loop = opened, client, asyncio.get_running_loop()
         try:
             return await self._tools(client)
         except BaseException:
