@@ -101,6 +101,7 @@ _LAZY = {
     "MiniLMEmbedder": "rhizome.tools.retrieval.embeddings",
     "index_documents": "rhizome.tools.retrieval.indexing",
     "local_lm": "rhizome.tools.embedded.lm",
+    "mcp_tools": "rhizome.tools.agent.mcp",
     "async_local_lm": "rhizome.tools.embedded.lm",
 }
 
@@ -190,6 +191,7 @@ __all__ = (
     "local_lm",
     "make_http_get",
     "make_search_tool",
+    "mcp_tools",
     "numeric_match",
     "propose_instructions",
     "route_to",

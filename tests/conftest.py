@@ -21,9 +21,20 @@ from pathlib import Path
 
 import pytest
 
+from rhizome.engine.call import endpoints
 from rhizome.engine.client.cache import ResponseCache
 from rhizome.engine.client.openai import OpenAILM
 from tests.server import OpenAIServer
+
+
+@pytest.fixture(autouse=True)
+def _fresh_endpoint_memory() -> None:
+    """Forget what earlier tests taught the process about endpoints (refused schemas).
+
+    Test servers listen on ephemeral ports that the OS reuses, so without this a
+    later test's server could inherit an earlier one's remembered answer.
+    """
+    endpoints.forget()
 
 
 @pytest.fixture(scope="session", autouse=True)

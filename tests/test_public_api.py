@@ -23,7 +23,7 @@ EXPECTED = {
     "ResponseCache", "Retrieve", "Retriever", "RhizomeError", "Router", "SaveError", "Signature",
     "SignatureError", "TextAdapter", "Tool", "Trace", "answer_in_passages", "async_local_lm",
     "calculator", "context", "exact_match", "export_finetune_data", "index_documents",
-    "llm_judge", "local_lm", "make_http_get", "make_search_tool", "numeric_match",
+    "llm_judge", "local_lm", "make_http_get", "make_search_tool", "mcp_tools", "numeric_match",
     "propose_instructions", "route_to", "token_f1", "tool",
     "Limits", "RequestDefaults", "RetryPolicy", "SearchSpaceConfig", "TrialSchedule",
     "Score", "History", "Image", "inspect_history",

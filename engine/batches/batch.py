@@ -43,6 +43,7 @@ from rhizome.engine.errors import ConfigError, describe
 from rhizome.engine.example import Example, Prediction
 from rhizome.engine.graphs import params, saving
 from rhizome.engine.graphs.scheduler import run_traced
+from rhizome.engine.resources import resource_scope
 from rhizome.engine.trace import Trace, jsonable
 
 if TYPE_CHECKING:
@@ -194,7 +195,8 @@ async def _drive(
 
     try:
         with context(lm=lm) if lm is not None else contextlib.nullcontext(), calm_collector():
-            async with anyio.create_task_group() as tg:
+            # One resource scope for the batch: its examples share an MCP server's session.
+            async with resource_scope(), anyio.create_task_group() as tg:
                 for index, example in todo:
                     # Taking the slot before starting keeps at most `concurrency` tasks alive.
                     await limiter.acquire_on_behalf_of(index)

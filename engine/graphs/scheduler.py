@@ -21,6 +21,7 @@ import anyio
 from rhizome.engine.context import pop_settings, push_lm, settings
 from rhizome.engine.errors import GraphError, NodeError, NodeTimeoutError
 from rhizome.engine.example import Prediction
+from rhizome.engine.resources import close_scope, open_scope
 from rhizome.engine.trace import (
     NodeRecord,
     Trace,
@@ -326,11 +327,13 @@ async def run_traced(
         trace.inputs = check_inputs(plan, values)
         # Set and reset inline: two context managers per run cost more than the run's bookkeeping.
         trace_token, lm_token = start_recording(trace), push_lm(lm)
+        scope_token = open_scope()  # tools' connections opened in this run close with it
         try:
             outputs = await execute(plan, trace.inputs)
         finally:
             pop_settings(lm_token)
             stop_recording(trace_token)
+            await close_scope(scope_token)
     except Exception as exc:
         trace.error = f"{type(exc).__name__}: {exc}"
         raise

@@ -10,6 +10,9 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import anyio
 
 from rhizome.cli.common import (
     CommandError,
@@ -36,6 +39,12 @@ Serve the program over HTTP (FastAPI + uvicorn):
   GET  /metrics      Prometheus text: requests, latency, runs, LM calls, tokens, errors
   GET  /docs         OpenAPI docs, bodies typed by the program's inputs
 
+With --mcp the program is served as a Model Context Protocol server instead,
+one tool named after the program and typed by its inputs: over stdin/stdout
+(--mcp, or --mcp stdio: an MCP client starts this command) or streamable HTTP
+at /mcp (--mcp http, on --host/--port, behind the same token). Needs
+pip install 'rhizome[serve,mcp]'.
+
 Set a bearer token in $RHIZOME_SERVE_TOKEN (or the variable named by --token-env)
 to require `Authorization: Bearer <token>`. Ctrl-C or SIGTERM stops accepting
 connections and finishes the requests in flight before exiting.
@@ -46,6 +55,8 @@ example:
       --base-url http://localhost:8080/v1 --model my-model
   curl -H "Authorization: Bearer $RHIZOME_SERVE_TOKEN" localhost:8000/v1/predict \\
       -d '{"inputs": {"question": "What is the capital of France?"}}'
+  rhizome serve rhizome.examples:build -p runs/qa/program.json --mcp \\
+      --base-url http://localhost:8080/v1 --model my-model
 """
 
 
@@ -73,6 +84,13 @@ def add_parsers(sub: Sub) -> None:
         help="seconds to finish in-flight requests on shutdown",
     )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument(
+        "--mcp",
+        nargs="?",
+        const="stdio",
+        choices=("stdio", "http"),
+        help="serve as an MCP server: over stdio (default) or streamable HTTP at /mcp",
+    )
     add_lm(p)
     add_otel(p)
     p.set_defaults(func=cmd_serve)
@@ -80,9 +98,10 @@ def add_parsers(sub: Sub) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """``rhizome serve``."""
+    if args.mcp:
+        return _serve_mcp(args)
     try:
-        from rhizome.serving.app import ServeConfig, create_app, run_server
-        from rhizome.serving.middleware import exposure_warning
+        from rhizome.serving.app import create_app
     except ImportError as exc:
         raise CommandError(
             f"serving needs FastAPI and uvicorn ({exc.name} is missing)",
@@ -90,17 +109,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ) from None
     graph = load_graph(args)
     token = os.environ.get(args.token_env) or None
-    warning = exposure_warning(args.host, token)
-    if warning:
-        print(f"rhizome: {warning}", file=sys.stderr)
-    config = ServeConfig(
-        token=token,
-        max_body_bytes=args.max_body_bytes,
-        max_batch=args.max_batch,
-        concurrency=args.concurrency,
-        max_queue=args.max_queue,
-        timeout=args.timeout,
-    )
+    _warn_exposure(args.host, token)
+    config = _config(args, token)
     with open_lm(args) as lm, open_telemetry(args) as telemetry:
         require_lm(graph, lm)
         app = create_app(graph, lm=lm, config=config, telemetry=telemetry)
@@ -109,15 +119,65 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"rhizome: serving {graph.name!r} from {_source(args)}; auth: {auth}; docs at /docs",
             file=sys.stderr,
         )
-        with _sigterm_is_a_clean_exit():
-            run_server(
-                app,
-                host=args.host,
-                port=args.port,
-                graceful_timeout=args.graceful_timeout,
-                log_level=args.log_level,
-            )
+        _run_http(app, args)
     return 0
+
+
+def _serve_mcp(args: argparse.Namespace) -> int:
+    """``rhizome serve --mcp``: the program as one MCP tool, over stdio or streamable HTTP."""
+    try:
+        from rhizome.serving.mcp import create_mcp_server, mcp_http_app, serve_mcp_stdio
+        from rhizome.tools.agent.mcp import require_mcp
+
+        require_mcp("rhizome serve --mcp")
+    except ImportError as exc:
+        raise CommandError(str(exc), hint="pip install 'rhizome[serve,mcp]'") from None
+    graph = load_graph(args)
+    token = (os.environ.get(args.token_env) or None) if args.mcp == "http" else None
+    config = _config(args, token)
+    with open_lm(args) as lm, open_telemetry(args) as telemetry:
+        require_lm(graph, lm)
+        server = create_mcp_server(graph, lm=lm, config=config, telemetry=telemetry)
+        where = "stdio" if args.mcp == "stdio" else f"http://{args.host}:{args.port}/mcp"
+        print(
+            f"rhizome: serving {graph.name!r} from {_source(args)} as MCP on {where}",
+            file=sys.stderr,
+        )
+        if args.mcp == "stdio":
+            anyio.run(serve_mcp_stdio, server)
+            return 0
+        _warn_exposure(args.host, token)
+        app = mcp_http_app(server, config=config, host=args.host)
+        _run_http(app, args)
+    return 0
+
+
+def _config(args: argparse.Namespace, token: str | None) -> Any:
+    """The server's limits and token from the command line."""
+    from rhizome.serving.app import ServeConfig
+
+    return ServeConfig(
+        token=token,
+        max_body_bytes=args.max_body_bytes,
+        max_batch=args.max_batch,
+        concurrency=args.concurrency,
+        max_queue=args.max_queue,
+        timeout=args.timeout,
+    )
+
+
+def _run_http(app: Any, args: argparse.Namespace) -> None:
+    """Serve ``app`` with uvicorn on ``--host``/``--port`` until a signal stops it."""
+    from rhizome.serving.app import run_server
+
+    with _sigterm_is_a_clean_exit():
+        run_server(
+            app,
+            host=args.host,
+            port=args.port,
+            graceful_timeout=args.graceful_timeout,
+            log_level=args.log_level,
+        )
 
 
 @contextlib.contextmanager
@@ -137,6 +197,14 @@ def _sigterm_is_a_clean_exit() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _warn_exposure(host: str, token: str | None) -> None:
+    from rhizome.serving.middleware import exposure_warning
+
+    warning = exposure_warning(host, token)
+    if warning:
+        print(f"rhizome: {warning}", file=sys.stderr)
 
 
 def _source(args: argparse.Namespace) -> str:

@@ -43,7 +43,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rhizome.engine.errors import ConfigError, GraphError, NodeError, NodeTimeoutError
 from rhizome.engine.trace import Trace, jsonable
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from rhizome.engine.client.protocol import LM
     from rhizome.engine.graphs.graph import Graph
 
-__all__ = ("ServeConfig", "create_app", "run_server")
+__all__ = ("Runner", "ServeConfig", "create_app", "run_server")
 
 
 _Handler = TypeVar("_Handler", bound=Callable[..., Awaitable[Any]])
@@ -98,7 +98,7 @@ class ServeConfig:
             raise ConfigError("ServeConfig needs max_queue >= 0 and a positive timeout (or None)")
 
 
-class _Runner:
+class Runner:
     """Runs the graph for requests: shared slots, timeout, telemetry, metrics."""
 
     def __init__(
@@ -174,7 +174,7 @@ def create_app(
     """
     config = config or ServeConfig()
     graph.validate()
-    runner = _Runner(graph, lm, config, telemetry or Telemetry())
+    runner = Runner(graph, lm, config, telemetry or Telemetry())
     predict_model, batch_model = request_models(graph, max_batch=config.max_batch)
 
     @asynccontextmanager
@@ -225,7 +225,7 @@ def _body_type(model: Any) -> Callable[[_Handler], _Handler]:
     return mark
 
 
-def _add_routes(app: FastAPI, runner: _Runner, predict_model: Any, batch_model: Any) -> None:
+def _add_routes(app: FastAPI, runner: Runner, predict_model: Any, batch_model: Any) -> None:
     @app.post(
         "/v1/predict",
         summary="Run the program once",
@@ -279,7 +279,7 @@ class _BatchStream(StreamingResponse):
     client that goes away stops paying for the examples not yet run.
     """
 
-    def __init__(self, runner: _Runner, examples: list[dict[str, Any]], *, with_trace: bool):
+    def __init__(self, runner: Runner, examples: list[dict[str, Any]], *, with_trace: bool):
         super().__init__(content=(), media_type="application/x-ndjson")
         self.runner = runner
         self.examples = examples
@@ -314,14 +314,14 @@ class _BatchStream(StreamingResponse):
 
 
 def run_server(
-    app: FastAPI,
+    app: ASGIApp,
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
     graceful_timeout: float = 30.0,
     log_level: str = "info",
 ) -> None:
-    """Serve ``app`` until SIGINT/SIGTERM, then finish in-flight requests and exit."""
+    """Serve ``app`` (HTTP API or MCP endpoint) until SIGINT/SIGTERM; requests in flight finish."""
     import uvicorn
 
     config = uvicorn.Config(

@@ -27,6 +27,7 @@ __all__ = (
     "check_inputs",
     "field_errors",
     "inputs_model",
+    "outputs_model",
     "request_models",
     "response_model",
 )
@@ -85,13 +86,21 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def response_model(graph: Graph) -> type[pydantic.BaseModel]:
-    """The ``/v1/predict`` reply for ``graph``: its outputs (typed), usage and latency."""
+def outputs_model(graph: Graph) -> type[pydantic.BaseModel]:
+    """A model of the graph's outputs (typed; each may be missing when a branch did not run)."""
     fields: dict[str, Any] = {
         f"f{i}": (field.annotation | None, pydantic.Field(None, alias=name))
         for i, (name, field) in enumerate(graph.outputs.items())
     }
-    outputs = pydantic.create_model(_class_name(graph.name, "Outputs"), **fields)
+    model: type[pydantic.BaseModel] = pydantic.create_model(
+        _class_name(graph.name, "Outputs"), **fields
+    )
+    return model
+
+
+def response_model(graph: Graph) -> type[pydantic.BaseModel]:
+    """The ``/v1/predict`` reply for ``graph``: its outputs (typed), usage and latency."""
+    outputs = outputs_model(graph)
     model: type[pydantic.BaseModel] = pydantic.create_model(
         _class_name(graph.name, "PredictResponse"),
         outputs=(outputs, ...),

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import uvicorn
@@ -17,6 +19,17 @@ from rhizome.serving.app import ServeConfig, create_app
 from tests.server import OpenAIServer
 
 TOKEN = "test-token-123"
+
+
+def wait_listening(process: subprocess.Popen[Any], port: int, what: str) -> None:
+    """Wait until ``process`` listens on 127.0.0.1:``port``; RuntimeError if it dies first."""
+    deadline = time.monotonic() + 30
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start (exit status {process.poll()})")
+        time.sleep(0.05)
 
 
 def free_port() -> int:
