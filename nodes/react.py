@@ -26,6 +26,7 @@ trajectory (thought, tool, args, observation per step) is the node's
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -37,6 +38,7 @@ from rhizome.engine.call.run import ToolUse, run_predictor
 from rhizome.engine.call.signature import Field, Signature
 from rhizome.engine.context import resolve_lm
 from rhizome.engine.errors import ConfigError, ParseError
+from rhizome.engine.graphs.durable import checkpointed_step, typed
 from rhizome.engine.graphs.node import Node
 from rhizome.engine.trace import current_record
 from rhizome.tools.agent.tool import Tool, tool
@@ -193,24 +195,42 @@ class ReAct(Node):
         task = {name: inputs[name] for name in self._base.inputs if name in inputs}
         native = self._native()
         trajectory: list[dict[str, Any]] = []
-        for _ in range(self.max_steps):
-            step_inputs = {**task, TRAJECTORY: format_trajectory(trajectory)}
-            actions = await (self._native_step if native else self._text_step)(step_inputs)
-            for action in actions:
-                entry = {"thought": action.thought, "tool": action.tool, "args": action.args}
-                trajectory.append(entry)
-                if action.error is not None:
-                    entry["observation"] = action.error
-                elif action.tool == FINISH:
-                    final, problem = self._finish(action.args)
-                    if final is not None:
-                        entry["observation"] = "done"
-                        return {**final, TRAJECTORY: trajectory}
-                    entry["observation"] = problem
-                else:
-                    entry["observation"] = await self._observe(action.tool, action.args)
+        for index in range(self.max_steps):
+            # A checkpointed run records each step (its trajectory entries, and the
+            # outputs once finished), so a resumed agent repeats no LM or tool call.
+            step = functools.partial(self._step, task, trajectory, native)
+            done = await checkpointed_step(index, step)
+            trajectory.extend(done["steps"])
+            if done["final"] is not None:
+                return {**typed(self._base.outputs, done["final"]), TRAJECTORY: trajectory}
         final = await self.extract(**task, **{TRAJECTORY: format_trajectory(trajectory)})
         return {**final, TRAJECTORY: trajectory}
+
+    async def _step(
+        self, task: dict[str, Any], trajectory: list[dict[str, Any]], native: bool
+    ) -> dict[str, Any]:
+        """One step after ``trajectory``: the model's action(s) and what they returned.
+
+        Returns the step's trajectory entries, and the task's outputs once
+        ``finish`` succeeded.
+        """
+        step_inputs = {**task, TRAJECTORY: format_trajectory(trajectory)}
+        actions = await (self._native_step if native else self._text_step)(step_inputs)
+        steps: list[dict[str, Any]] = []
+        for action in actions:
+            entry = {"thought": action.thought, "tool": action.tool, "args": action.args}
+            steps.append(entry)
+            if action.error is not None:
+                entry["observation"] = action.error
+            elif action.tool == FINISH:
+                final, problem = self._finish(action.args)
+                if final is not None:
+                    entry["observation"] = "done"
+                    return {"steps": steps, "final": final}
+                entry["observation"] = problem
+            else:
+                entry["observation"] = await self._observe(action.tool, action.args)
+        return {"steps": steps, "final": None}
 
     def _native(self) -> bool:
         if self.protocol != "auto":

@@ -21,6 +21,7 @@ import anyio
 from rhizome.engine.context import pop_settings, push_lm, settings
 from rhizome.engine.errors import GraphError, NodeError, NodeTimeoutError
 from rhizome.engine.example import Prediction
+from rhizome.engine.graphs.durable import active_run
 from rhizome.engine.trace import (
     NodeRecord,
     Trace,
@@ -246,7 +247,11 @@ async def _run_node(
     # The path and the record are set and reset inline: context managers per node cost.
     path_token, opened = _PATH.set(path), open_record(record)
     try:
-        if timeout is None:  # no cancel scope to enter and leave: they cost on every node
+        durable = active_run()  # a checkpointed run: restore the node if it finished before
+        restored = durable.restore(path, node.outputs, record) if durable is not None else None
+        if restored is not None:
+            outputs = restored
+        elif timeout is None:  # no cancel scope to enter and leave: they cost on every node
             outputs = await node.forward(**inputs)
         else:
             with anyio.move_on_after(timeout) as scope:
@@ -260,6 +265,8 @@ async def _run_node(
                 )
         checked = _check_outputs(plan, outputs)
         record.outputs = dict(checked)
+        if durable is not None and restored is None:
+            durable.save(path, checked)
     except BaseException as exc:
         record.error = f"{type(exc).__name__}: {exc}"
         raise
