@@ -67,6 +67,9 @@ def add_parsers(sub: Sub) -> None:
     p.add_argument("--max-batch", type=positive, default=1000, help="examples per batch request")
     p.add_argument("--timeout", type=float, help="seconds one run may take (504 after)")
     p.add_argument(
+        "--checkpoints", help="SQLite file keeping /v1/runs checkpoints (default: in memory)"
+    )
+    p.add_argument(
         "--graceful-timeout",
         type=float,
         default=30.0,
@@ -100,6 +103,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         max_queue=args.max_queue,
         timeout=args.timeout,
+        checkpoints=args.checkpoints,
     )
     with open_lm(args) as lm, open_telemetry(args) as telemetry:
         require_lm(graph, lm)

@@ -6,6 +6,8 @@ Endpoints (``rhizome serve PROGRAM`` starts them):
   ``{"outputs": {...}, "usage": {...}, "latency": s}``.
 - ``POST /v1/batch`` — ``{"examples": [{...}, ...]}`` streams one NDJSON line per
   example as it finishes: ``{"index", "outputs", "error", "usage", "latency"}``.
+- ``POST /v1/runs``, ``POST /v1/runs/{id}/resume``, ``GET /v1/runs/{id}`` — checkpointed
+  runs that may wait for a person's answer (see :mod:`rhizome.serving.runs`).
 - ``GET /healthz`` — liveness, never behind auth.
 - ``GET /metrics`` — Prometheus text (requests, latency, runs, LM calls, tokens, errors).
 - ``GET /docs`` and ``/openapi.json`` — the API, with request bodies typed by the
@@ -57,6 +59,7 @@ from rhizome.serving.middleware import (
     public_error,
     public_trace,
 )
+from rhizome.serving.runs import add_run_routes, run_store
 from rhizome.serving.schema import ERROR_RESPONSES, field_errors, request_models, response_model
 from rhizome.telemetry import Telemetry
 
@@ -81,6 +84,8 @@ class ServeConfig:
         concurrency: Graph runs at once, over all requests.
         max_queue: Predict requests allowed to wait for a slot before 503.
         timeout: Seconds one graph run may take (504 after), or None.
+        checkpoints: The SQLite file ``/v1/runs`` keeps its checkpoints in, or
+            None to keep them in memory (waiting runs are lost on restart).
     """
 
     token: str | None = None
@@ -89,6 +94,7 @@ class ServeConfig:
     concurrency: int = 16
     max_queue: int = 256
     timeout: float | None = None
+    checkpoints: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_batch", "concurrency"):
@@ -193,6 +199,7 @@ def create_app(
     )
     app.state.runner = runner
     _add_routes(app, runner, predict_model, batch_model)
+    add_run_routes(app, runner, run_store(config.checkpoints))
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
