@@ -311,14 +311,18 @@ def _check_durability(durability: Any) -> Durability:
 
 
 def _program(graph: Graph) -> dict[str, str]:
+    """The fingerprints a checkpoint is checked against: the whole program, its structure."""
+    summary = saving.structure(graph)
     return {
-        "program": saving.program_fingerprint(graph),
-        "structure": saving.fingerprint(saving.structure(graph)),
+        "program": saving.program_fingerprint(graph, summary),
+        "structure": saving.fingerprint(summary),
     }
 
 
-def _check_program(graph: Graph, run_id: str, store: CheckpointStore, saved: Saved) -> None:
-    now, meta = _program(graph), saved.meta
+def _check_program(
+    graph: Graph, run_id: str, store: CheckpointStore, saved: Saved, now: dict[str, str]
+) -> None:
+    meta = saved.meta
     if meta.get("program") == now["program"]:
         return
     what = (
@@ -387,12 +391,12 @@ async def run_checkpointed(
             "request id) that you pass again to resume it"
         )
     run_id, durability = check_run_id(run_id), _check_durability(durability)
-    stores = open_store(store)
+    stores, program = open_store(store), _program(graph)
     saved = stores.read(run_id)
     if saved is not None:
-        _check_program(graph, run_id, stores, saved)
+        _check_program(graph, run_id, stores, saved, program)
     inputs = _inputs(graph, run_id, saved, values)
-    meta = dict(saved.meta) if saved is not None else _new_meta(graph, inputs)
+    meta = dict(saved.meta) if saved is not None else _new_meta(graph, inputs, program)
     entries = dict(saved.entries) if saved is not None else {}
     state = _RunState(
         stores, run_id, durability=durability, entries=entries, meta=meta, trace=trace
@@ -413,12 +417,12 @@ async def run_checkpointed(
     return prediction
 
 
-def _new_meta(graph: Graph, inputs: Mapping[str, Any]) -> dict[str, Any]:
+def _new_meta(graph: Graph, inputs: Mapping[str, Any], program: dict[str, str]) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "kind": "rhizome-run",
         "graph": graph.name,
-        **_program(graph),
+        **program,
         "rhizome_version": saving.rhizome_version(),
         "inputs": jsonable(dict(inputs)),
         "started": time.time(),
@@ -449,7 +453,7 @@ async def resume_run(
             f"{stores!r} holds no run {run_id!r}; start it with graph.run(..., "
             f"checkpoint=..., run_id={run_id!r})"
         )
-    _check_program(graph, run_id, stores, saved)
+    _check_program(graph, run_id, stores, saved, _program(graph))
     waiting, status = saved.meta.get("waiting"), saved.meta.get("status")
     if status != "waiting" or not isinstance(waiting, dict):
         hint = (

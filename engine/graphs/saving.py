@@ -102,13 +102,15 @@ def fingerprint(summary: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def program_fingerprint(graph: Graph) -> str:
+def program_fingerprint(graph: Graph, summary: Mapping[str, Any] | None = None) -> str:
     """What results of ``graph`` depend on: its structure and its tunable parameters.
 
-    Batch journals and run checkpoints refuse results written under another value.
+    Batch journals and run checkpoints refuse results written under another
+    value. ``summary`` is :func:`structure` of ``graph``, when already at hand.
     """
     parameters = _params.json_parameters(graph, lambda lm: lm.name)
-    return fingerprint({"structure": structure(graph), "parameters": parameters})
+    summary = structure(graph) if summary is None else summary
+    return fingerprint({"structure": summary, "parameters": parameters})
 
 
 def save(graph: Graph, path: str | Path, *, lms: Mapping[str, LM] | None = None) -> None:
