@@ -32,6 +32,9 @@ Serve the program over HTTP (FastAPI + uvicorn):
 
   POST /v1/predict   {"inputs": {...}}        -> {"outputs": {...}, "usage": {...}}
   POST /v1/batch     {"examples": [{...}]}    -> NDJSON lines as each example finishes
+  POST /v1/runs      {"inputs": {...}}        -> {"run_id", "status": "finished" | "waiting", ...}
+  POST /v1/runs/ID/resume {"answer": ...}     -> the waiting run continues (same reply)
+  GET  /v1/runs/ID   the run's status, question or outputs (--checkpoints FILE keeps them)
   GET  /healthz      liveness (no auth)
   GET  /metrics      Prometheus text: requests, latency, runs, LM calls, tokens, errors
   GET  /docs         OpenAPI docs, bodies typed by the program's inputs

@@ -10,6 +10,7 @@ import pytest
 from rhizome.engine.client.openai import OpenAILM
 from rhizome.engine.errors import NodeError
 from rhizome.engine.graphs.checkpoint import SQLiteCheckpoint
+from rhizome.engine.graphs.durable import RunWaiting, interrupt
 from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.react import ReAct
 from rhizome.tools.agent.tool import tool
@@ -66,3 +67,29 @@ async def test_a_resumed_agent_continues_after_its_last_finished_step(
     saved = store.read("a")
     assert saved is not None
     assert {"agent[0]", "agent[1]", "agent[2]", "agent"} <= set(saved.entries)
+
+
+async def test_a_tool_may_ask_a_person(server: OpenAIServer, lm: OpenAILM, tmp_path: Path) -> None:
+    @tool
+    def buy(item: str) -> str:
+        """Buy an item, once a person agreed.
+
+        Args:
+            item: The item.
+        """
+        return "bought" if interrupt(f"buy {item}?") == "yes" else "not bought"
+
+    server.script(
+        [
+            action("buy it", "buy", {"item": "pen"}),
+            action("buy it", "buy", {"item": "pen"}),  # the asking step runs again
+            action("done", "finish", {"answer": "bought a pen"}),
+        ]
+    )
+    g = Graph("shop").add("agent", ReAct("question -> answer", [buy], protocol="text"))
+    store = tmp_path / "c.sqlite"
+    with pytest.raises(RunWaiting, match="buy pen"):
+        await g.run(question="pen?", lm=lm, checkpoint=store, run_id="b")
+    result = await g.resume("b", "yes", checkpoint=store, lm=lm)
+    assert [s["observation"] for s in result["trajectory"]] == ["bought", "done"]
+    assert server.request_count == 3
