@@ -10,7 +10,12 @@ import pytest
 
 from rhizome.engine.client.openai import OpenAILM
 from rhizome.engine.errors import ConfigError, NodeError
-from rhizome.engine.graphs.checkpoint import DirectoryCheckpoint, SQLiteCheckpoint
+from rhizome.engine.graphs.checkpoint import (
+    CheckpointStore,
+    DirectoryCheckpoint,
+    Saved,
+    SQLiteCheckpoint,
+)
 from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.function import FunctionNode
 from rhizome.nodes.loop import Loop
@@ -156,3 +161,54 @@ async def test_batched_durability_writes_at_the_end(tmp_path: Path) -> None:
     writes.clear()
     await chain(Calls()).run(x=1, checkpoint=store, run_id="s", durability="safe")
     assert writes == [0, 1, 1, 1, 0]
+
+
+class DictStore:
+    """A store of one's own: the three methods of CheckpointStore, in a dict."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, Saved] = {}
+
+    def read(self, run_id: str) -> Saved | None:
+        saved = self.runs.get(run_id)
+        return None if saved is None else Saved(meta=dict(saved.meta), entries=dict(saved.entries))
+
+    def write(self, run_id: str, *, meta: Any = None, entries: Any = ()) -> None:
+        saved = self.runs.setdefault(run_id, Saved(meta={}, entries={}))
+        saved.entries.update(entries)
+        if meta is not None:
+            saved.meta = dict(meta)
+
+    def delete(self, run_id: str) -> None:
+        self.runs.pop(run_id, None)
+
+
+async def test_any_object_with_the_three_methods_is_a_store() -> None:
+    store, calls = DictStore(), Calls()
+    assert isinstance(store, CheckpointStore)
+    calls.fail.add("b")
+    with pytest.raises(NodeError):
+        await chain(calls).run(x=2, checkpoint=store, run_id="own")
+    assert (await chain(calls).run(checkpoint=store, run_id="own"))["out"] == "<30>"
+    assert calls.calls == ["a", "b", "b", "c"]
+    with pytest.raises(ConfigError, match="checkpoint= takes a path"):
+        await chain(calls).run(x=2, checkpoint=object(), run_id="own")  # type: ignore[arg-type]
+
+
+def test_a_torn_entry_line_is_dropped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = DirectoryCheckpoint(tmp_path)
+    store.write("r", meta={"status": "running"}, entries=[("a", {"outputs": {"y": 1}})])
+    store.write("r", entries=[("b", {"outputs": {"z": 2}})])
+    path = tmp_path / "r" / "entries.jsonl"
+    text = path.read_text()
+    path.write_text(text + '{"key": "c", "val')  # killed half-way through a line
+    saved = store.read("r")
+    assert saved is not None
+    assert saved.entries == {"a": {"outputs": {"y": 1}}, "b": {"outputs": {"z": 2}}}
+    assert path.read_text() == text
+    path.write_text(text.replace('"b"', "oops", 1))
+    with caplog.at_level("WARNING", logger="rhizome.checkpoint"):
+        assert set(store.read("r").entries) == {"a"}  # type: ignore[union-attr]
+    assert "line 2 is unreadable" in caplog.text
+    store.delete("r")
+    assert store.read("r") is None
