@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from rhizome.engine.client.openai import OpenAILM
@@ -212,3 +213,28 @@ def test_a_torn_entry_line_is_dropped(tmp_path: Path, caplog: pytest.LogCaptureF
     assert "line 2 is unreadable" in caplog.text
     store.delete("r")
     assert store.read("r") is None
+
+
+async def test_a_cancelled_batched_run_keeps_what_finished(tmp_path: Path) -> None:
+    stuck = {"yes"}
+
+    async def slow(y: int) -> int:
+        if stuck:
+            await anyio.sleep(30)
+        return y * 10
+
+    def build() -> Graph:
+        g = Graph("g").add("a", FunctionNode(lambda x: x + 1, outputs=["y"]))
+        return g.add("b", FunctionNode(slow, outputs=["z"])).connect("a", "b")
+
+    store = SQLiteCheckpoint(tmp_path / "c.sqlite")
+    with anyio.move_on_after(0.5):  # what Ctrl-C does to a run: it is cancelled
+        await build().run(x=1, checkpoint=store, run_id="c", durability="batched")
+    saved = store.read("c")
+    assert saved is not None
+    assert saved.meta["status"] == "running"
+    assert set(saved.entries) == {"a"}, "the pending record was written on the way out"
+    stuck.clear()
+    result = await build().run(checkpoint=store, run_id="c", durability="batched")
+    assert result["z"] == 20
+    assert [r.details.get("resumed", False) for r in result.trace.records] == [True, False]
