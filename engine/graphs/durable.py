@@ -14,7 +14,10 @@ its checkpoint holds the question (status ``"waiting"``), and
 checkpoint=store)`` records the answer and runs again, so everything before the
 question is restored and ``interrupt`` now returns the answer. The node that
 asked runs again from its start (code before the question runs twice; keep LM
-calls in nodes of their own).
+calls in nodes of their own); a ReAct tool that asks repeats its step's LM
+call. Node code must let :class:`InterruptSignal` pass (no bare ``except
+Exception`` around ``interrupt``). When parallel branches both ask, the first
+question stops the run and the other is asked again after the resume.
 
 A checkpoint names the program that wrote it (the fingerprint of its structure
 and tuned parameters, as batch journals do): resuming with a changed program is
