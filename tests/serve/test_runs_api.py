@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import httpx
 import pytest
 
 from tests.serve import human_case
-from tests.serve.conftest import free_port
+from tests.serve.conftest import free_port, wait_until_serving
 from tests.server import OpenAIServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,16 +30,7 @@ def served(server: OpenAIServer, tmp_path: Path) -> Iterator[str]:
     process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"rhizome serve did not start: {process.communicate()[1]}")
-            time.sleep(0.1)
+        wait_until_serving(url, process)
         yield url
     finally:
         process.kill()
