@@ -22,6 +22,7 @@ Stores:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -32,7 +33,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -163,10 +164,23 @@ class SQLiteCheckpoint:
             self._db = db
         return self._db
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock; a damaged file is a ConfigError saying so."""
+        with self._lock:
+            try:
+                yield self._connection()
+            except sqlite3.DatabaseError as exc:
+                if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                    raise
+                raise ConfigError(
+                    f"the checkpoint database {self.path!r} cannot be used ({exc}); is it an "
+                    "SQLite file written by rhizome? Move it aside or pass another checkpoint="
+                ) from exc
+
     def read(self, run_id: str) -> Saved | None:
         """The run's meta and entries, or None."""
-        with self._lock:
-            db = self._connection()
+        with self._locked() as db:
             row = db.execute("SELECT meta FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if row is None:
                 return None
@@ -179,8 +193,7 @@ class SQLiteCheckpoint:
     ) -> None:
         """Write the meta and entries in one transaction."""
         rows = [(run_id, key, _encode(value)) for key, value in entries]
-        with self._lock:
-            db = self._connection()
+        with self._locked() as db:
             db.execute("BEGIN")
             try:
                 if meta is not None:
@@ -198,8 +211,7 @@ class SQLiteCheckpoint:
 
     def delete(self, run_id: str) -> None:
         """Forget the run."""
-        with self._lock:
-            db = self._connection()
+        with self._locked() as db:
             db.execute("DELETE FROM entries WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
 

@@ -238,3 +238,10 @@ async def test_a_cancelled_batched_run_keeps_what_finished(tmp_path: Path) -> No
     result = await build().run(checkpoint=store, run_id="c", durability="batched")
     assert result["z"] == 20
     assert [r.details.get("resumed", False) for r in result.trace.records] == [True, False]
+
+
+async def test_a_file_that_is_not_a_checkpoint_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "notes.sqlite"
+    path.write_text("these are my notes, not a database\n" * 100)
+    with pytest.raises(ConfigError, match=r"cannot be used.*Move it aside"):
+        await chain(Calls()).run(x=1, checkpoint=path, run_id="r")
