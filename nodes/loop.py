@@ -25,12 +25,14 @@ early when it returns true for an iteration's outputs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 from rhizome.engine.call.signature import Field
 from rhizome.engine.errors import ConfigError
+from rhizome.engine.graphs.durable import checkpointed_step
 from rhizome.engine.graphs.graph import Graph
 from rhizome.engine.graphs.node import Node
 from rhizome.engine.graphs.scheduler import current_path
@@ -131,8 +133,9 @@ class Loop(Node):
         outputs: dict[str, Any] = {}
         for iteration in range(self.max_iters):
             values.update(collected)
-            with _tag_records(iteration):
-                produced = await self.body.forward(**values)
+            with _tag_records(iteration):  # checkpointed runs record each iteration
+                step = functools.partial(self.body.forward, **values)
+                produced = await checkpointed_step(iteration, step, fields=self.body.outputs)
             for src, dst in self.accumulate.items():
                 collected[dst] = _merge(collected[dst], produced.get(src))
             for src, dst in self.carry.items():

@@ -32,6 +32,7 @@ followed by one ``tool`` message per call holding its observation under its
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -45,6 +46,7 @@ from rhizome.engine.call.run import ToolUse, run_predictor
 from rhizome.engine.call.signature import Field, Signature
 from rhizome.engine.context import resolve_lm
 from rhizome.engine.errors import ConfigError, ParseError
+from rhizome.engine.graphs.durable import checkpointed_step, typed
 from rhizome.engine.graphs.node import Node
 from rhizome.engine.trace import current_record
 from rhizome.tools.agent.tool import Tool, tool
@@ -207,21 +209,42 @@ class ReAct(Node):
         native = self._native()
         trajectory: list[dict[str, Any]] = []
         replay: tuple[dict[str, Any], ...] = ()  # the last turn's tool calls, as messages
-        for _ in range(self.max_steps):
-            # Steps replayed as messages (one per tool message) are left out of the text.
-            shown = trajectory[: len(trajectory) - len(replay) + 1] if replay else trajectory
-            step_inputs = {**task, TRAJECTORY: format_trajectory(shown)}
-            if native:
-                actions = await self._native_step(step_inputs, replay)
-            else:
-                actions = await self._text_step(step_inputs)
-            final, entries = await self._act(actions)
-            trajectory += entries
-            if final is not None:
-                return {**final, TRAJECTORY: trajectory}
-            replay = _replay(actions, entries)
+        for index in range(self.max_steps):
+            # A checkpointed run records each step (its trajectory entries, the turn to
+            # replay, and the outputs once finished), so a resumed agent repeats no LM
+            # or tool call.
+            step = functools.partial(self._step, task, trajectory, native, replay)
+            done = await checkpointed_step(index, step)
+            trajectory.extend(done["steps"])
+            if done["final"] is not None:
+                return {**typed(self._base.outputs, done["final"]), TRAJECTORY: trajectory}
+            replay = tuple(done["replay"])
         final = await self.extract(**task, **{TRAJECTORY: format_trajectory(trajectory)})
         return {**final, TRAJECTORY: trajectory}
+
+    async def _step(
+        self,
+        task: dict[str, Any],
+        trajectory: list[dict[str, Any]],
+        native: bool,
+        replay: tuple[dict[str, Any], ...],
+    ) -> dict[str, Any]:
+        """One model turn after ``trajectory``: its action(s) and what they returned.
+
+        Returns the turn's trajectory entries, the task's outputs once ``finish``
+        succeeded (else None), and the turn as chat messages for the next request
+        (``replay``; empty under the text protocol).
+        """
+        # Steps replayed as messages (one per tool message) are left out of the text.
+        shown = trajectory[: len(trajectory) - len(replay) + 1] if replay else trajectory
+        step_inputs = {**task, TRAJECTORY: format_trajectory(shown)}
+        if native:
+            actions = await self._native_step(step_inputs, replay)
+        else:
+            actions = await self._text_step(step_inputs)
+        final, entries = await self._act(actions)
+        turn = list(_replay(actions, entries)) if final is None else []
+        return {"steps": entries, "final": final, "replay": turn}
 
     async def _act(
         self, actions: Sequence[_Action]
@@ -241,16 +264,22 @@ class ReAct(Node):
             async with limiter:
                 entry["observation"] = await self._observe(action.tool, action.args)
 
-        async with anyio.create_task_group() as group:
-            for entry, action in zip(entries, taken, strict=True):
-                if action.error is not None:
-                    entry["observation"] = action.error
-                elif action.tool == FINISH:
-                    final, problem = self._finish(action.args)
-                    entry["observation"] = "done" if final is not None else problem
-                else:
-                    group.start_soon(observe, entry, action)
+        try:
+            async with anyio.create_task_group() as group:
+                for entry, action in zip(entries, taken, strict=True):
+                    if action.error is not None:
+                        entry["observation"] = action.error
+                    elif action.tool == FINISH:
+                        final, problem = self._finish(action.args)
+                        entry["observation"] = "done" if final is not None else problem
+                    else:
+                        group.start_soon(observe, entry, action)
+        except BaseExceptionGroup as group_error:
+            # Tool failures are observations already; what escapes is a signal (a tool
+            # asking a person, a cancellation): pass on the first one as itself.
+            raise _first_leaf(group_error) from None
         return final, entries
+
 
     def _native(self) -> bool:
         if self.protocol != "auto":
@@ -372,6 +401,12 @@ def _path(predictor: Predictor) -> str:
     if record is None:
         return predictor.role or "predictor"
     return f"{record.node}.{predictor.role}" if predictor.role else record.node
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception inside ``group``, looking into nested groups."""
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _replay(

@@ -48,12 +48,20 @@ from rhizome.engine.errors import SaveError as SaveError
 from rhizome.engine.errors import SignatureError as SignatureError
 from rhizome.engine.example import Example as Example
 from rhizome.engine.example import Prediction as Prediction
+from rhizome.engine.graphs.checkpoint import CheckpointStore as CheckpointStore
+from rhizome.engine.graphs.checkpoint import DirectoryCheckpoint as DirectoryCheckpoint
+from rhizome.engine.graphs.checkpoint import SQLiteCheckpoint as SQLiteCheckpoint
+from rhizome.engine.graphs.durable import RunWaiting as RunWaiting
+from rhizome.engine.graphs.durable import interrupt as interrupt
 from rhizome.engine.graphs.graph import Graph as Graph
 from rhizome.engine.graphs.node import Node as Node
 from rhizome.engine.trace import Trace as Trace
 from rhizome.inspection import inspect_history as inspect_history
 from rhizome.nodes.compare import MultiChainComparison as MultiChainComparison
+from rhizome.nodes.fanout import FanOut as FanOut
 from rhizome.nodes.function import FunctionNode as FunctionNode
+from rhizome.nodes.human import AskHuman as AskHuman
+from rhizome.nodes.human import ask_human as ask_human
 from rhizome.nodes.loop import Loop as Loop
 from rhizome.nodes.predict import ChainOfThought as ChainOfThought
 from rhizome.nodes.predict import Predict as Predict
@@ -109,20 +117,24 @@ __all__ = (
     "COPRO",
     "LM",
     "Adapter",
+    "AskHuman",
     "BatchResult",
     "BestOfN",
     "BootstrapFewShot",
     "Budget",
     "Capabilities",
     "ChainOfThought",
+    "CheckpointStore",
     "ChromaRetriever",
     "ColBERTv2",
     "ConfigError",
+    "DirectoryCheckpoint",
     "Ensemble",
     "Evaluate",
     "EvaluationResult",
     "Example",
     "FakeLM",
+    "FanOut",
     "Field",
     "FunctionNode",
     "Graph",
@@ -170,6 +182,8 @@ __all__ = (
     "RetryPolicy",
     "RhizomeError",
     "Router",
+    "RunWaiting",
+    "SQLiteCheckpoint",
     "SaveError",
     "Score",
     "SearchSpaceConfig",
@@ -180,6 +194,7 @@ __all__ = (
     "Trace",
     "TrialSchedule",
     "answer_in_passages",
+    "ask_human",
     "async_local_lm",
     "calculator",
     "context",
@@ -187,6 +202,7 @@ __all__ = (
     "export_finetune_data",
     "index_documents",
     "inspect_history",
+    "interrupt",
     "llm_judge",
     "local_lm",
     "make_http_get",

@@ -27,6 +27,8 @@ EXPECTED = {
     "propose_instructions", "route_to", "token_f1", "tool",
     "Limits", "RequestDefaults", "RetryPolicy", "SearchSpaceConfig", "TrialSchedule",
     "Score", "History", "Image", "inspect_history",
+    "AskHuman", "CheckpointStore", "DirectoryCheckpoint", "FanOut", "RunWaiting",
+    "SQLiteCheckpoint", "ask_human", "interrupt",
 }  # fmt: skip
 
 

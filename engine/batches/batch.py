@@ -41,7 +41,7 @@ from rhizome.engine.batches.progress import Progress
 from rhizome.engine.context import context
 from rhizome.engine.errors import ConfigError, describe
 from rhizome.engine.example import Example, Prediction
-from rhizome.engine.graphs import params, saving
+from rhizome.engine.graphs import saving
 from rhizome.engine.graphs.scheduler import run_traced
 from rhizome.engine.resources import resource_scope
 from rhizome.engine.trace import Trace, jsonable
@@ -264,7 +264,7 @@ def _resume(graph: Graph, items: list[ExampleLike], run_dir: RunDir) -> Iterator
         yield _Work(done=[], todo=list(enumerate(items)))
         return
     keys = [_example_key(example) for example in items]
-    with Journal(run_dir, program=_program_key(graph)) as journal:
+    with Journal(run_dir, program=saving.program_fingerprint(graph)) as journal:
         done: list[BatchResult] = []
         for index, row in sorted(journal.rows.items()):
             if index >= len(items) or row.get("key") != keys[index]:
@@ -279,12 +279,6 @@ def _resume(graph: Graph, items: list[ExampleLike], run_dir: RunDir) -> Iterator
         finished = {r.index for r in done}
         todo = [(i, example) for i, example in enumerate(items) if i not in finished]
         yield _Work(done=done, todo=todo, journal=journal, keys=keys)
-
-
-def _program_key(graph: Graph) -> str:
-    """What the results depend on: the graph's structure and its tunable parameters."""
-    parameters = params.json_parameters(graph, lambda lm: lm.name)
-    return saving.fingerprint({"structure": saving.structure(graph), "parameters": parameters})
 
 
 def _example_key(example: ExampleLike) -> str:

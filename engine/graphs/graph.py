@@ -18,6 +18,7 @@ draws itself::
 from __future__ import annotations
 
 import copy
+import functools
 import sys
 from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -27,7 +28,8 @@ import networkx as nx
 
 from rhizome.engine.batches import batch as _batch
 from rhizome.engine.call.signature import Field
-from rhizome.engine.errors import GraphError
+from rhizome.engine.errors import ConfigError, GraphError
+from rhizome.engine.graphs import durable as _durable
 from rhizome.engine.graphs import params as _params
 from rhizome.engine.graphs import saving as _saving
 from rhizome.engine.graphs.mermaid import to_mermaid
@@ -50,6 +52,8 @@ if TYPE_CHECKING:
     from rhizome.engine.batches.batch import BatchResult
     from rhizome.engine.client.protocol import LM
     from rhizome.engine.example import Example, Prediction
+    from rhizome.engine.graphs.checkpoint import CheckpointStore
+    from rhizome.engine.graphs.durable import Durability
 
 __all__ = ("Graph",)
 
@@ -265,17 +269,31 @@ class Graph(Node):
         *,
         lm: LM | None = None,
         trace: Trace | None = None,
+        checkpoint: CheckpointStore | str | Path | None = None,
+        run_id: str | None = None,
+        durability: Durability = "safe",
         **fields: Any,
     ) -> Prediction:
         """Run the graph once and return its outputs with the run's trace.
 
         Args:
             inputs: Input values as a mapping (an Example works); merged with ``fields``.
-                Inputs named ``lm`` or ``trace`` can only be given this way.
+                Inputs named like this method's keywords (``lm``, ``trace``,
+                ``checkpoint`` ...) can only be given this way.
             lm: The default LM for nodes not bound to one, for this run.
             trace: Record the run into this trace (the prediction's ``trace``) rather
                 than a new one. It keeps what ran even when the run fails, with
                 ``trace.error`` set, so a caller can report a failed run's calls.
+            checkpoint: Record each finished node in this store (a
+                :class:`~rhizome.engine.graphs.checkpoint.CheckpointStore`, or the
+                path of an SQLite file), so that running again with the same
+                ``run_id`` resumes: finished nodes are restored, not run. See
+                :mod:`rhizome.engine.graphs.durable`.
+            run_id: Names the checkpointed run (required with ``checkpoint``).
+                Inputs may be left out when continuing a recorded run.
+            durability: ``"safe"`` (each record written before the next node
+                starts) or ``"batched"`` (written about once a second: faster,
+                but a crash loses up to the last second of work).
             **fields: Input values by name.
 
         When the application set a global OpenTelemetry tracer provider, the
@@ -285,20 +303,70 @@ class Graph(Node):
         Raises:
             GraphError: A required input is missing (the message lists them).
             NodeError: A node failed; the original error is its ``__cause__``.
+            RunWaiting: (checkpointed runs) a node asked a question with
+                ``interrupt``; continue with :meth:`resume`.
         """
         values = {**dict(inputs or {}), **fields}
+        trace = Trace() if trace is None else trace
+        if checkpoint is None and run_id is None:
+            return await self._run_once(values, trace, lm=lm)
+        if checkpoint is None:
+            raise ConfigError("run_id= names a checkpointed run: pass checkpoint=... too")
+        return await _durable.run_checkpointed(
+            self,
+            values,
+            store=checkpoint,
+            run_id=run_id,
+            durability=durability,
+            trace=trace,
+            start=functools.partial(self._run_once, lm=lm),
+        )
+
+    async def _run_once(
+        self, values: Mapping[str, Any], trace: Trace, *, lm: LM | None
+    ) -> Prediction:
         if "opentelemetry.trace" in sys.modules:  # only then can a tracer provider be set
             from rhizome.telemetry import global_telemetry
 
             telemetry = global_telemetry()
             if telemetry is not None:
                 return await telemetry.run(self, values, lm=lm, trace=trace)
-        trace = Trace() if trace is None else trace
         return await run_traced(self.plan(), values, trace=trace, lm=lm)
 
     def alone(self, lm: LM | None = None) -> Graph:
         """The graph itself: what runs when it is called (``graph(...)``, ``graph.acall(...)``)."""
         return self
+
+    async def resume(
+        self,
+        run_id: str,
+        answer: Any,
+        *,
+        checkpoint: CheckpointStore | str | Path,
+        lm: LM | None = None,
+        trace: Trace | None = None,
+        durability: Durability = "safe",
+    ) -> Prediction:
+        """Answer the question a checkpointed run is waiting on, and continue it.
+
+        Everything the run finished is restored from ``checkpoint``; the node
+        that asked runs again, and its ``interrupt(...)`` returns ``answer``
+        (JSON data). Takes what :meth:`run` takes.
+
+        Raises:
+            ConfigError: ``checkpoint`` has no such run, the run is not waiting,
+                or it was written by a different program.
+            RunWaiting: The run asked another question.
+        """
+        return await _durable.resume_run(
+            self,
+            run_id,
+            answer,
+            store=checkpoint,
+            durability=durability,
+            trace=Trace() if trace is None else trace,
+            start=functools.partial(self._run_once, lm=lm),
+        )
 
     async def forward(self, **inputs: Any) -> dict[str, Any]:
         """Run as a node of an enclosing graph, recording into the enclosing trace."""

@@ -40,6 +40,7 @@ __all__ = (
     "Plan",
     "Source",
     "build_plan",
+    "check_inputs",
     "check_types",
     "field_error",
     "node_of",
@@ -102,6 +103,21 @@ class Plan:
         """True when no two nodes could ever run at once: each waits for the one before it."""
         order = self.order
         return all(order[i - 1] in self.nodes[order[i]].preds for i in range(1, len(order)))
+
+
+def check_inputs(plan: Plan, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The graph inputs taken from ``values``; GraphError lists any required one missing."""
+    missing = [k for k in plan.inputs if k not in values and k not in plan.optional_inputs]
+    if missing:
+        listed = ", ".join(
+            f"{k} ({f.type_name}{', optional' if k in plan.optional_inputs else ''})"
+            for k, f in plan.inputs.items()
+        )
+        raise GraphError(
+            f"graph {plan.name!r} is missing required input(s): {', '.join(missing)}; "
+            f"its inputs are: {listed}"
+        )
+    return {k: values[k] for k in plan.inputs if k in values}
 
 
 def optional_inputs(node: Node) -> frozenset[str]:

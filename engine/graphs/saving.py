@@ -46,7 +46,16 @@ if TYPE_CHECKING:
     from rhizome.engine.graphs.graph import Graph
     from rhizome.engine.slots import Slot
 
-__all__ = ("FORMAT", "MAX_BYTES", "fingerprint", "load", "rhizome_version", "save", "structure")
+__all__ = (
+    "FORMAT",
+    "MAX_BYTES",
+    "fingerprint",
+    "load",
+    "program_fingerprint",
+    "rhizome_version",
+    "save",
+    "structure",
+)
 
 
 MAX_BYTES = 50 * 1024 * 1024
@@ -91,6 +100,17 @@ def fingerprint(summary: Mapping[str, Any]) -> str:
     """The sha256 of a structure summary, in canonical JSON."""
     text = json.dumps(summary, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def program_fingerprint(graph: Graph, summary: Mapping[str, Any] | None = None) -> str:
+    """What results of ``graph`` depend on: its structure and its tunable parameters.
+
+    Batch journals and run checkpoints refuse results written under another
+    value. ``summary`` is :func:`structure` of ``graph``, when already at hand.
+    """
+    parameters = _params.json_parameters(graph, lambda lm: lm.name)
+    summary = structure(graph) if summary is None else summary
+    return fingerprint({"structure": summary, "parameters": parameters})
 
 
 def save(graph: Graph, path: str | Path, *, lms: Mapping[str, LM] | None = None) -> None:

@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from rhizome.engine.context import pop_settings, push_lm, settings
-from rhizome.engine.errors import GraphError, NodeError, NodeTimeoutError
+from rhizome.engine.errors import NodeError, NodeTimeoutError
 from rhizome.engine.example import Prediction
+from rhizome.engine.graphs.durable import active_run
+from rhizome.engine.graphs.plan import check_inputs
 from rhizome.engine.resources import close_scope, open_scope
 from rhizome.engine.trace import (
     NodeRecord,
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
     from rhizome.engine.client.protocol import LM
     from rhizome.engine.graphs.plan import NodePlan, Plan, Source
 
-__all__ = ("check_inputs", "current_path", "execute", "run_traced")
+__all__ = ("current_path", "execute", "run_traced")
 
 
 _PATH: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -247,7 +249,11 @@ async def _run_node(
     # The path and the record are set and reset inline: context managers per node cost.
     path_token, opened = _PATH.set(path), open_record(record)
     try:
-        if timeout is None:  # no cancel scope to enter and leave: they cost on every node
+        durable = active_run()  # a checkpointed run: restore the node if it finished before
+        restored = durable.restore(path, node.outputs, record) if durable is not None else None
+        if restored is not None:
+            outputs = restored
+        elif timeout is None:  # no cancel scope to enter and leave: they cost on every node
             outputs = await node.forward(**inputs)
         else:
             with anyio.move_on_after(timeout) as scope:
@@ -261,6 +267,8 @@ async def _run_node(
                 )
         checked = _check_outputs(plan, outputs)
         record.outputs = dict(checked)
+        if durable is not None and restored is None:
+            durable.save(path, checked)
     except BaseException as exc:
         record.error = f"{type(exc).__name__}: {exc}"
         raise
@@ -289,21 +297,6 @@ def _check_outputs(plan: NodePlan, outputs: Any) -> dict[str, Any]:
             f"it returned: {', '.join(map(str, outputs)) or 'nothing'}"
         )
     return {f: outputs[f] for f in declared if f in outputs}
-
-
-def check_inputs(plan: Plan, values: Mapping[str, Any]) -> dict[str, Any]:
-    """The graph inputs taken from ``values``; GraphError lists any required one missing."""
-    missing = [k for k in plan.inputs if k not in values and k not in plan.optional_inputs]
-    if missing:
-        listed = ", ".join(
-            f"{k} ({f.type_name}{', optional' if k in plan.optional_inputs else ''})"
-            for k, f in plan.inputs.items()
-        )
-        raise GraphError(
-            f"graph {plan.name!r} is missing required input(s): {', '.join(missing)}; "
-            f"its inputs are: {listed}"
-        )
-    return {k: values[k] for k in plan.inputs if k in values}
 
 
 async def run_traced(

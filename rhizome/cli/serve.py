@@ -35,6 +35,9 @@ Serve the program over HTTP (FastAPI + uvicorn):
 
   POST /v1/predict   {"inputs": {...}}        -> {"outputs": {...}, "usage": {...}}
   POST /v1/batch     {"examples": [{...}]}    -> NDJSON lines as each example finishes
+  POST /v1/runs      {"inputs": {...}}        -> {"run_id", "status": "finished" | "waiting", ...}
+  POST /v1/runs/ID/resume {"answer": ...}     -> the waiting run continues (same reply)
+  GET  /v1/runs/ID   the run's status, question or outputs (--checkpoints FILE keeps them)
   GET  /healthz      liveness (no auth)
   GET  /metrics      Prometheus text: requests, latency, runs, LM calls, tokens, errors
   GET  /docs         OpenAPI docs, bodies typed by the program's inputs
@@ -77,6 +80,9 @@ def add_parsers(sub: Sub) -> None:
     p.add_argument("--max-body-bytes", type=positive, default=1_048_576, help="413 above this")
     p.add_argument("--max-batch", type=positive, default=1000, help="examples per batch request")
     p.add_argument("--timeout", type=float, help="seconds one run may take (504 after)")
+    p.add_argument(
+        "--checkpoints", help="SQLite file keeping /v1/runs checkpoints (default: in memory)"
+    )
     p.add_argument(
         "--graceful-timeout",
         type=float,
@@ -163,6 +169,7 @@ def _config(args: argparse.Namespace, token: str | None) -> Any:
         concurrency=args.concurrency,
         max_queue=args.max_queue,
         timeout=args.timeout,
+        checkpoints=args.checkpoints,
     )
 
 

@@ -6,6 +6,8 @@ Endpoints (``rhizome serve PROGRAM`` starts them):
   ``{"outputs": {...}, "usage": {...}, "latency": s}``.
 - ``POST /v1/batch`` — ``{"examples": [{...}, ...]}`` streams one NDJSON line per
   example as it finishes: ``{"index", "outputs", "error", "usage", "latency"}``.
+- ``POST /v1/runs``, ``POST /v1/runs/{id}/resume``, ``GET /v1/runs/{id}`` — checkpointed
+  runs that may wait for a person's answer (see :mod:`rhizome.serving.runs`).
 - ``GET /healthz`` — liveness, never behind auth.
 - ``GET /metrics`` — Prometheus text (requests, latency, runs, LM calls, tokens, errors).
 - ``GET /docs`` and ``/openapi.json`` — the API, with request bodies typed by the
@@ -33,19 +35,18 @@ import json
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import pydantic
 from anyio.streams.memory import MemoryObjectSendStream
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from rhizome.engine.errors import ConfigError, GraphError, NodeError, NodeTimeoutError
+from rhizome.engine.errors import ConfigError
 from rhizome.engine.trace import Trace, jsonable
 from rhizome.serving.metrics import CONTENT_TYPE, ServeMetrics
 from rhizome.serving.middleware import (
@@ -53,11 +54,19 @@ from rhizome.serving.middleware import (
     BodyLimitMiddleware,
     MetricsMiddleware,
     error_response,
-    lm_failure,
     public_error,
     public_trace,
+    status_for,
 )
-from rhizome.serving.schema import ERROR_RESPONSES, field_errors, request_models, response_model
+from rhizome.serving.runs import add_run_routes, run_store
+from rhizome.serving.schema import (
+    ERROR_RESPONSES,
+    body_type,
+    dump_inputs,
+    field_errors,
+    request_models,
+    response_model,
+)
 from rhizome.telemetry import Telemetry
 
 if TYPE_CHECKING:
@@ -65,9 +74,6 @@ if TYPE_CHECKING:
     from rhizome.engine.graphs.graph import Graph
 
 __all__ = ("Runner", "ServeConfig", "create_app", "run_server")
-
-
-_Handler = TypeVar("_Handler", bound=Callable[..., Awaitable[Any]])
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -81,6 +87,8 @@ class ServeConfig:
         concurrency: Graph runs at once, over all requests.
         max_queue: Predict requests allowed to wait for a slot before 503.
         timeout: Seconds one graph run may take (504 after), or None.
+        checkpoints: The SQLite file ``/v1/runs`` keeps its checkpoints in, or
+            None to keep them in memory (waiting runs are lost on restart).
     """
 
     token: str | None = None
@@ -89,6 +97,7 @@ class ServeConfig:
     concurrency: int = 16
     max_queue: int = 256
     timeout: float | None = None
+    checkpoints: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_batch", "concurrency"):
@@ -143,18 +152,7 @@ class Runner:
             "latency": time.perf_counter() - start,
             **({"trace": public_trace(trace.to_dict(), error)} if with_trace else {}),
         }
-        return result, 200 if error is None else _status_for(error)
-
-
-def _status_for(exc: BaseException) -> int:
-    cause = exc.__cause__ if isinstance(exc, NodeError) else exc
-    if isinstance(exc, NodeTimeoutError | TimeoutError) or isinstance(cause, TimeoutError):
-        return 504
-    if lm_failure(exc) is not None:
-        return 502
-    if isinstance(exc, GraphError):
-        return 422
-    return 500
+        return result, 200 if error is None else status_for(error)
 
 
 def create_app(
@@ -193,6 +191,7 @@ def create_app(
     )
     app.state.runner = runner
     _add_routes(app, runner, predict_model, batch_model)
+    add_run_routes(app, runner, run_store(config.checkpoints))
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
@@ -211,20 +210,6 @@ def create_app(
     return app
 
 
-def _body_type(model: Any) -> Callable[[_Handler], _Handler]:
-    """Give a handler's ``body`` parameter a model built at run time.
-
-    With postponed annotations FastAPI would read ``body: model`` as a string it
-    cannot resolve, so the annotation is set on the function object instead.
-    """
-
-    def mark(fn: _Handler) -> _Handler:
-        fn.__annotations__["body"] = model
-        return fn
-
-    return mark
-
-
 def _add_routes(app: FastAPI, runner: Runner, predict_model: Any, batch_model: Any) -> None:
     @app.post(
         "/v1/predict",
@@ -232,7 +217,7 @@ def _add_routes(app: FastAPI, runner: Runner, predict_model: Any, batch_model: A
         response_model=response_model(runner.graph),
         responses=ERROR_RESPONSES,
     )
-    @_body_type(predict_model)
+    @body_type(predict_model)
     async def predict(body: Any) -> JSONResponse:
         if runner.busy():
             return error_response(
@@ -241,7 +226,7 @@ def _add_routes(app: FastAPI, runner: Runner, predict_model: Any, batch_model: A
                 "the server is at its concurrency limit; retry shortly",
                 headers={"Retry-After": "1"},
             )
-        result, status = await runner.run(_inputs(body.inputs), with_trace=body.trace)
+        result, status = await runner.run(dump_inputs(body.inputs), with_trace=body.trace)
         error = result.pop("error")
         if error is not None:
             return JSONResponse({"error": error, **result}, status_code=status)
@@ -253,9 +238,9 @@ def _add_routes(app: FastAPI, runner: Runner, predict_model: Any, batch_model: A
         response_class=StreamingResponse,
         responses={k: v for k, v in ERROR_RESPONSES.items() if k in (401, 413, 422)},
     )
-    @_body_type(batch_model)
+    @body_type(batch_model)
     async def batch(body: Any) -> StreamingResponse:
-        examples = [_inputs(e) for e in body.examples]
+        examples = [dump_inputs(e) for e in body.examples]
         return _BatchStream(runner, examples, with_trace=body.trace)
 
     @app.get("/healthz", summary="Liveness")
@@ -265,10 +250,6 @@ def _add_routes(app: FastAPI, runner: Runner, predict_model: Any, batch_model: A
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(runner.metrics.render(), media_type=CONTENT_TYPE)
-
-
-def _inputs(model: pydantic.BaseModel) -> dict[str, Any]:
-    return model.model_dump(by_alias=True, exclude_unset=True)
 
 
 class _BatchStream(StreamingResponse):

@@ -26,11 +26,14 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rhizome.engine.errors import (
+    GraphError,
     LMConnectionError,
     LMError,
     LMReplyError,
     LMStatusError,
     LMTimeoutError,
+    NodeError,
+    NodeTimeoutError,
     describe,
 )
 from rhizome.serving.metrics import ServeMetrics
@@ -45,6 +48,7 @@ __all__ = (
     "lm_failure",
     "public_error",
     "public_trace",
+    "status_for",
 )
 
 
@@ -290,3 +294,15 @@ def exposure_warning(host: str, token: str | None) -> str | None:
         "run the program (and spend its LM budget); set RHIZOME_SERVE_TOKEN (or the "
         "variable named by --token-env), or bind to 127.0.0.1"
     )
+
+
+def status_for(exc: BaseException) -> int:
+    """A failed run's HTTP status: 504 timed out, 502 the LM failed, 422 bad input, else 500."""
+    cause = exc.__cause__ if isinstance(exc, NodeError) else exc
+    if isinstance(exc, NodeTimeoutError | TimeoutError) or isinstance(cause, TimeoutError):
+        return 504
+    if lm_failure(exc) is not None:
+        return 502
+    if isinstance(exc, GraphError):
+        return 422
+    return 500

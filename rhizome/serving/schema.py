@@ -10,8 +10,8 @@ input called ``json`` or ``model_id`` cannot clash with pydantic's own names.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pydantic
 
@@ -24,7 +24,10 @@ __all__ = (
     "ERROR_RESPONSES",
     "ErrorBody",
     "ErrorDetail",
+    "body_type",
     "check_inputs",
+    "class_name",
+    "dump_inputs",
     "field_errors",
     "inputs_model",
     "outputs_model",
@@ -33,7 +36,8 @@ __all__ = (
 )
 
 
-def _class_name(name: str, suffix: str) -> str:
+def class_name(name: str, suffix: str) -> str:
+    """A model class name from a graph name (``"two hop"``, ``"Inputs"``: ``TwoHopInputs``)."""
     words = re.split(r"[^0-9A-Za-z]+", name)
     return "".join(w[:1].upper() + w[1:] for w in words if w) + suffix
 
@@ -51,7 +55,7 @@ def inputs_model(graph: Graph) -> type[pydantic.BaseModel]:
         )
     config = pydantic.ConfigDict(extra="forbid", populate_by_name=False)
     model: type[pydantic.BaseModel] = pydantic.create_model(
-        _class_name(graph.name, "Inputs"), __config__=config, **fields
+        class_name(graph.name, "Inputs"), __config__=config, **fields
     )
     return model
 
@@ -93,7 +97,7 @@ def outputs_model(graph: Graph) -> type[pydantic.BaseModel]:
         for i, (name, field) in enumerate(graph.outputs.items())
     }
     model: type[pydantic.BaseModel] = pydantic.create_model(
-        _class_name(graph.name, "Outputs"), **fields
+        class_name(graph.name, "Outputs"), **fields
     )
     return model
 
@@ -102,7 +106,7 @@ def response_model(graph: Graph) -> type[pydantic.BaseModel]:
     """The ``/v1/predict`` reply for ``graph``: its outputs (typed), usage and latency."""
     outputs = outputs_model(graph)
     model: type[pydantic.BaseModel] = pydantic.create_model(
-        _class_name(graph.name, "PredictResponse"),
+        class_name(graph.name, "PredictResponse"),
         outputs=(outputs, ...),
         usage=(dict[str, float], pydantic.Field(description="LM calls, tokens, cost")),
         latency=(float, pydantic.Field(description="Seconds the run took")),
@@ -116,13 +120,13 @@ def request_models(graph: Graph, *, max_batch: int) -> tuple[Any, Any]:
     inputs = inputs_model(graph)
     config = pydantic.ConfigDict(extra="forbid")
     predict = pydantic.create_model(
-        _class_name(graph.name, "PredictRequest"),
+        class_name(graph.name, "PredictRequest"),
         __config__=config,
         inputs=(inputs, pydantic.Field(description="The program's input fields.")),
         trace=(bool, pydantic.Field(False, description="Include the run's trace.")),
     )
     batch = pydantic.create_model(
-        _class_name(graph.name, "BatchRequest"),
+        class_name(graph.name, "BatchRequest"),
         __config__=config,
         examples=(
             list[inputs],  # type: ignore[valid-type]
@@ -180,3 +184,25 @@ def check_inputs(graph: Graph, values: Mapping[str, Any]) -> dict[str, Any]:
         text = "; ".join(f"{p['field'].removeprefix('inputs.')}: {p['message']}" for p in problems)
         raise ConfigError(f"invalid input for {graph.name!r}: {text}") from None
     return checked.model_dump(by_alias=True, exclude_unset=True)
+
+
+_Handler = TypeVar("_Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def body_type(model: Any) -> Callable[[_Handler], _Handler]:
+    """Give a handler's ``body`` parameter a model built at run time.
+
+    With postponed annotations FastAPI would read ``body: model`` as a string it
+    cannot resolve, so the annotation is set on the function object instead.
+    """
+
+    def mark(fn: _Handler) -> _Handler:
+        fn.__annotations__["body"] = model
+        return fn
+
+    return mark
+
+
+def dump_inputs(model: pydantic.BaseModel) -> dict[str, Any]:
+    """A request's inputs model as the plain dict a run takes (only the fields sent)."""
+    return model.model_dump(by_alias=True, exclude_unset=True)

@@ -22,7 +22,7 @@ import pytest
 
 from rhizome.cli import main
 from rhizome.serving.middleware import exposure_warning, is_loopback
-from tests.serve.conftest import free_port
+from tests.serve.conftest import free_port, wait_until_serving
 from tests.server import OpenAIServer, Reply
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,16 +81,7 @@ def served(optimized: Path, server: OpenAIServer) -> Iterator[tuple[str, subproc
     process = _start(optimized, server, port)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"rhizome serve did not start: {process.communicate()[1]}")
-            time.sleep(0.1)
+        wait_until_serving(url, process)
         yield url, process
     finally:
         if process.poll() is None:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 
@@ -37,6 +38,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_until_serving(url: str, process: subprocess.Popen[str], within: float = 30) -> None:
+    """Wait for a ``rhizome serve`` subprocess to answer ``/healthz``; fail if it exits."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"rhizome serve did not start: {process.communicate()[1]}")
+        time.sleep(0.1)
 
 
 class Served:

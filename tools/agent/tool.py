@@ -46,6 +46,7 @@ import anyio.to_thread
 import pydantic
 
 from rhizome.engine.errors import RhizomeError
+from rhizome.engine.graphs.durable import InterruptSignal
 
 __all__ = (
     "FunctionTool",
@@ -214,7 +215,7 @@ class Tool:
         values = self.validate(arguments)
         try:
             value = await self.invoke(values)
-        except (ToolError, ToolArgumentError):
+        except (ToolError, ToolArgumentError, InterruptSignal):  # a question stops the run
             raise
         except Exception as exc:
             raise ToolError(f"{type(exc).__name__}: {exc}", tool=self.name) from exc
