@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+from rhizome.engine import events
 from rhizome.engine.call.adapters import outputs_schema
 from rhizome.engine.call.parsing import coerce_json, format_value
 from rhizome.engine.call.predictor import Predictor
@@ -37,7 +39,9 @@ from rhizome.engine.call.run import ToolUse, run_predictor
 from rhizome.engine.call.signature import Field, Signature
 from rhizome.engine.context import resolve_lm
 from rhizome.engine.errors import ConfigError, ParseError
+from rhizome.engine.events import ToolCall, ToolResult
 from rhizome.engine.graphs.node import Node
+from rhizome.engine.graphs.scheduler import current_path
 from rhizome.engine.trace import current_record
 from rhizome.tools.agent.tool import Tool, tool
 
@@ -208,7 +212,7 @@ class ReAct(Node):
                         return {**final, TRAJECTORY: trajectory}
                     entry["observation"] = problem
                 else:
-                    entry["observation"] = await self._observe(action.tool, action.args)
+                    entry["observation"] = await self._reported(action, len(trajectory) - 1)
         final = await self.extract(**task, **{TRAJECTORY: format_trajectory(trajectory)})
         return {**final, TRAJECTORY: trajectory}
 
@@ -274,6 +278,21 @@ class ReAct(Node):
         if problems:
             return None, f"Error: invalid arguments for {FINISH}: " + "; ".join(problems)
         return final, ""
+
+    async def _reported(self, action: _Action, step: int) -> str:
+        """:meth:`_observe`, reported to the run's listener as a tool call and its result."""
+        if not events.active():
+            return await self._observe(action.tool, action.args)
+        path = current_path() or ""
+        events.emit(ToolCall(path=path, tool=action.tool, args=action.args, step=step))
+        started = time.perf_counter()
+        observation = await self._observe(action.tool, action.args)
+        latency = time.perf_counter() - started
+        result = ToolResult(
+            path=path, tool=action.tool, observation=observation, step=step, latency=latency
+        )
+        events.emit(result)
+        return observation
 
     async def _observe(self, name: str, args: Any) -> str:
         """What the tool returned, or error text the model can act on."""

@@ -48,6 +48,7 @@ from rhizome.engine.graphs.plan import (
     unknown_node,
 )
 from rhizome.engine.graphs.scheduler import current_path, execute, run_traced
+from rhizome.engine.graphs.streaming import EventStream
 from rhizome.engine.graphs.walk import walk
 from rhizome.engine.trace import Trace
 
@@ -299,6 +300,33 @@ class Graph(Node):
                 return await telemetry.run(self, values, lm=lm, trace=trace)
         trace = Trace() if trace is None else trace
         return await run_traced(self.plan(), values, trace=trace, lm=lm)
+
+    def events(
+        self,
+        inputs: Mapping[str, Any] | None = None,
+        /,
+        *,
+        lm: LM | None = None,
+        tokens: bool = True,
+        **fields: Any,
+    ) -> EventStream:
+        """Run the graph once, yielding what happens as it happens (an async iterator).
+
+        Node started/finished (nested graphs included, by path), LM calls with
+        their usage, retries, tool calls, and, where the LM streams, the tokens
+        of each output field; the last event is
+        :class:`~rhizome.engine.events.RunFinished` with the outputs. A failed run
+        raises its error after its events. See :mod:`rhizome.engine.events` and
+        :mod:`rhizome.engine.graphs.streaming`.
+
+        Args:
+            inputs: Input values, as for :meth:`run`; merged with ``fields``.
+            lm: The default LM for nodes not bound to one, for this run.
+            tokens: Ask LMs that can stream for their replies token by token.
+            **fields: Input values by name.
+        """
+        values = {**dict(inputs or {}), **fields}
+        return EventStream(functools.partial(self.run, values, lm=lm), tokens=tokens)
 
     def __call__(
         self,

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from rhizome.engine.client.policy import applying, restore
 from rhizome.engine.context import pop_settings, push_lm, settings
 from rhizome.engine.errors import GraphError, NodeError, NodeTimeoutError
+from rhizome.engine.events import NodeStarted, active, emit, node_finished
 from rhizome.engine.example import Prediction
 from rhizome.engine.trace import (
     NodeRecord,
@@ -245,6 +247,9 @@ async def _run_node(
     record = NodeRecord(node=path, kind=node.kind, inputs=dict(inputs), parents=parents)
     # The path and the record are set and reset inline: context managers per node cost.
     path_token, opened = _PATH.set(path), open_record(record)
+    policy = applying(node.policy) if node.policy is not None else None
+    if active():
+        emit(NodeStarted(path=path, kind=node.kind, inputs=record.inputs))
     try:
         if timeout is None:  # no cancel scope to enter and leave: they cost on every node
             outputs = await node.forward(**inputs)
@@ -265,7 +270,11 @@ async def _run_node(
         raise
     finally:
         close_record(record, opened)
+        if policy is not None:
+            restore(policy)
         _PATH.reset(path_token)
+        if active():
+            emit(node_finished(record))
     return checked
 
 

@@ -59,7 +59,9 @@ __all__ = (
     "usable_cores",
 )
 
-LOCAL_CAPABILITIES = Capabilities(json_schema=True, tools=False, n=True, json_max_outputs=1)
+LOCAL_CAPABILITIES = Capabilities(
+    json_schema=True, tools=False, n=True, json_max_outputs=1, stream=True
+)
 """What llama.cpp serving the embedded model supports (measured, see module doc)."""
 
 _LOCAL_API_KEY = "sk-local-no-key"
