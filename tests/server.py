@@ -22,8 +22,9 @@ Scripting:
   pieces of three characters), tool calls as deltas, the finish reason, the
   usage when ``stream_options.include_usage`` is set, then ``[DONE]``.
   ``Reply.break_after=k`` breaks the stream after ``k`` text pieces (the
-  connection dropped, or with ``break_how="end"`` the body ended without a
-  finish or ``[DONE]``); ``Reply.chunk_delay`` spaces the pieces.
+  connection dropped, with ``break_how="end"`` the body ended without a
+  finish or ``[DONE]``, with ``"error"`` an error event sent and the body
+  ended); ``Reply.chunk_delay`` spaces the pieces.
 - ``server.requests`` holds every request body received (JSON),
   ``server.raw_requests`` the same bodies as the exact bytes received, and
   ``server.request_headers`` their headers (lower-cased names).
@@ -63,7 +64,8 @@ class Reply:
         chunks: The text's pieces when streamed (default: three characters each).
         break_after: Streamed: break the stream after this many text pieces.
         break_how: ``"drop"`` closes the connection; ``"end"`` ends the body cleanly
-            but without a finish reason or ``[DONE]``.
+            but without a finish reason or ``[DONE]``; ``"error"`` sends an error
+            event (``{"error": {"message": ...}}``), then ends the body.
         chunk_delay: Streamed: seconds between pieces.
     """
 
@@ -375,6 +377,8 @@ class OpenAIServer:
             await event({"choices": [{"index": index, "delta": delta, "finish_reason": None}]})
             for count, piece in enumerate(reply.chunks or _pieces(reply.text)):
                 if reply.break_after is not None and count >= reply.break_after:
+                    if reply.break_how == "error":
+                        await event({"error": {"message": "overloaded", "type": "server_error"}})
                     return await _break(writer, reply.break_how)
                 if reply.chunk_delay:
                     await asyncio.sleep(reply.chunk_delay)
@@ -414,7 +418,7 @@ def _pieces(text: str, size: int = 3) -> list[str]:
 
 
 async def _break(writer: asyncio.StreamWriter, how: str) -> bool:
-    if how == "end":  # a clean end of the body, without finish reason or [DONE]
+    if how in ("end", "error"):  # a clean end of the body, without finish reason or [DONE]
         writer.write(b"0\r\n\r\n")
         await writer.drain()
         return True

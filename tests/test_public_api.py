@@ -27,6 +27,7 @@ EXPECTED = {
     "propose_instructions", "route_to", "token_f1", "tool",
     "Limits", "RequestDefaults", "RetryPolicy", "SearchSpaceConfig", "TrialSchedule",
     "Score",
+    "CallPolicy",
 }  # fmt: skip
 
 
