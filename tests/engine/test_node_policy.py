@@ -85,7 +85,8 @@ async def test_a_node_may_use_its_own_cache(
     graph = one_node(cache=own)
     await graph.run(question="q", lm=lm)
     await graph.run(question="q", lm=lm)  # the LM has no cache: the node's answers
-    assert server.request_count == 1 and len(own) == 1
+    assert server.request_count == 1
+    assert len(own) == 1
     own.close()
 
 
@@ -112,7 +113,8 @@ async def test_a_graph_policy_holds_inside_and_inner_fields_win(
     server.reset()
     inner.nodes["a"].with_policy(cache=False)  # sets only the cache: retry still from "sub"
     policy = inner.nodes["a"].policy
-    assert policy is not None and policy.retry is None
+    assert policy is not None
+    assert policy.retry is None
     server.script([Reply(status=503, text="busy"), ANSWER])
     with pytest.raises(NodeError):
         await outer.run(question="q", lm=lm)

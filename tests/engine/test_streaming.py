@@ -69,13 +69,15 @@ async def test_a_streamed_reply_equals_the_whole_one(server: OpenAIServer, lm: O
     server.script([text, text, Reply(tool_calls=calls), Reply(tool_calls=calls)])
     whole, streamed = await lm.complete(ASK), await lm.complete(STREAMED)
     assert streamed.choices == whole.choices
-    assert streamed.usage == whole.usage and streamed.usage.completion_tokens > 0
+    assert streamed.usage == whole.usage
+    assert streamed.usage.completion_tokens > 0
     assert streamed.model == whole.model == "test-model"
     calls_whole, calls_streamed = await lm.complete(ASK), await lm.complete(STREAMED)
     assert calls_streamed.choices == calls_whole.choices
     assert json.loads(calls_streamed.choices[0].tool_calls[0].arguments)["deep"] == [1, 2]
     sent = server.requests[1]
-    assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+    assert sent["stream"] is True
+    assert sent["stream_options"] == {"include_usage": True}
     assert "stream" not in server.requests[0]
 
 
@@ -169,11 +171,15 @@ async def test_events_come_in_order_and_tokens_join_into_the_outputs(
     kinds = [type(e) for e in events]
     assert kinds[:2] == [NodeStarted, LMCallStarted]
     assert kinds[-3:] == [LMCallFinished, NodeFinished, RunFinished]
-    assert set(kinds[2:-3]) == {Token} and len(kinds) > 10  # pieces of three characters
+    assert set(kinds[2:-3]) == {Token}
+    assert len(kinds) > 10
     started, finished = events[1], events[-3]
-    assert isinstance(started, LMCallStarted) and started.streamed
-    assert isinstance(finished, LMCallFinished) and finished.completion_tokens > 0
-    assert finished.prompt_tokens > 0 and finished.error is None
+    assert isinstance(started, LMCallStarted)
+    assert started.streamed
+    assert isinstance(finished, LMCallFinished)
+    assert finished.completion_tokens > 0
+    assert finished.prompt_tokens > 0
+    assert finished.error is None
     final = events[-1]
     assert isinstance(final, RunFinished)
     assert (
@@ -204,9 +210,12 @@ async def test_a_retried_stream_restarts_the_tokens(server: OpenAIServer, lm: Op
     server.script([Reply(text=reply, break_after=7), reply])
     events = await collect(Graph("g").add("a", Predict("question -> answer")), lm, question="q")
     retries = [e for e in events if isinstance(e, Retry)]
-    assert len(retries) == 1 and retries[0].path == "a" and "broke off" in retries[0].reason
+    assert len(retries) == 1
+    assert retries[0].path == "a"
+    assert "broke off" in retries[0].reason
     before = [e for e in events[: events.index(retries[0])] if isinstance(e, Token)]
-    assert before and "".join(t.text for t in before) != "a complete answer"
+    assert before
+    assert "".join(t.text for t in before) != "a complete answer"
     assert fields_of(events, "a") == {"answer": "a complete answer"}
 
 
@@ -244,8 +253,11 @@ async def test_agent_tool_calls_are_events(server: OpenAIServer, lm: OpenAILM) -
     events = await collect(graph, lm, question="How old is Ada?")
     calls = [e for e in events if isinstance(e, ToolCall | ToolResult)]
     assert [type(e) for e in calls] == [ToolCall, ToolResult]
-    assert calls[0].path == "agent" and calls[0].tool == "age" and calls[0].args == {"name": "Ada"}
-    assert isinstance(calls[1], ToolResult) and calls[1].observation == "36"
+    assert calls[0].path == "agent"
+    assert calls[0].tool == "age"
+    assert calls[0].args == {"name": "Ada"}
+    assert isinstance(calls[1], ToolResult)
+    assert calls[1].observation == "36"
     assert events[-1].outputs["answer"] == "36"  # type: ignore[attr-defined]
 
 
@@ -257,7 +269,8 @@ async def test_a_failed_run_raises_after_its_events(server: OpenAIServer) -> Non
         async for event in Graph("g").add("a", Predict("q -> a")).events(q="x", lm=lm):
             seen.append(event)
     assert [type(e) for e in seen] == [NodeStarted, LMCallStarted, LMCallFinished, NodeFinished]
-    assert isinstance(seen[-1], NodeFinished) and seen[-1].error
+    assert isinstance(seen[-1], NodeFinished)
+    assert seen[-1].error
     await lm.aclose()
 
 
