@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -128,6 +129,13 @@ TRICKY = {
 }
 
 
+def adder(into: dict[str, str]) -> Callable[[str, str], None]:
+    def add(field: str, text: str) -> None:
+        into[field] = into.get(field, "") + text
+
+    return add
+
+
 @pytest.mark.parametrize("adapter", [JSONAdapter(), TextAdapter()], ids=["json", "text"])
 def test_field_tokens_join_into_the_parsed_values_however_the_reply_is_cut(
     adapter: JSONAdapter | TextAdapter,
@@ -142,7 +150,7 @@ def test_field_tokens_join_into_the_parsed_values_however_the_reply_is_cut(
         stream = FieldStream(
             list(SIG.outputs),
             json=isinstance(adapter, JSONAdapter),
-            emit=lambda f, t: got.__setitem__(f, got.get(f, "") + t),
+            emit=adder(got),
         )
         cuts = sorted(rng.sample(range(1, len(reply)), rng.randint(1, 40)))
         for start, end in zip([0, *cuts], [*cuts, len(reply)], strict=True):
@@ -152,9 +160,7 @@ def test_field_tokens_join_into_the_parsed_values_however_the_reply_is_cut(
 
 def test_non_text_fields_stream_their_json() -> None:
     got: dict[str, str] = {}
-    stream = FieldStream(
-        ["n", "items"], json=True, emit=lambda f, t: got.__setitem__(f, got.get(f, "") + t)
-    )
+    stream = FieldStream(["n", "items"], json=True, emit=adder(got))
     stream.feed('{"n": 42 , "items": [1, {"a": "]}"}], "other": "x"}')
     assert got == {"n": "42", "items": '[1, {"a": "]}"}]'}
 
@@ -265,9 +271,13 @@ async def test_a_failed_run_raises_after_its_events(server: OpenAIServer) -> Non
     lm = OpenAILM("test-model", base_url=server.url, cache=None, max_retries=0)
     server.script([Reply(status=401, text="bad key")])
     seen: list[Event] = []
-    with pytest.raises(NodeError, match="HTTP 401"):
+
+    async def consume() -> None:
         async for event in Graph("g").add("a", Predict("q -> a")).events(q="x", lm=lm):
             seen.append(event)
+
+    with pytest.raises(NodeError, match="HTTP 401"):
+        await consume()
     assert [type(e) for e in seen] == [NodeStarted, LMCallStarted, LMCallFinished, NodeFinished]
     assert isinstance(seen[-1], NodeFinished)
     assert seen[-1].error
