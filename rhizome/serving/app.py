@@ -6,6 +6,9 @@ Endpoints (``rhizome serve PROGRAM`` starts them):
   ``{"outputs": {...}, "usage": {...}, "latency": s}``.
 - ``POST /v1/batch`` — ``{"examples": [{...}, ...]}`` streams one NDJSON line per
   example as it finishes: ``{"index", "outputs", "error", "usage", "latency"}``.
+- ``POST /v1/stream`` — the predict body; the run's events (node steps, LM
+  calls, tokens, retries, tool calls) as server-sent events, ending with the
+  outputs (see :mod:`rhizome.serving.stream`).
 - ``GET /healthz`` — liveness, never behind auth.
 - ``GET /metrics`` — Prometheus text (requests, latency, runs, LM calls, tokens, errors).
 - ``GET /docs`` and ``/openapi.json`` — the API, with request bodies typed by the
@@ -58,6 +61,7 @@ from rhizome.serving.middleware import (
     public_trace,
 )
 from rhizome.serving.schema import ERROR_RESPONSES, field_errors, request_models, response_model
+from rhizome.serving.stream import add_stream_route
 from rhizome.telemetry import Telemetry
 
 if TYPE_CHECKING:
@@ -257,6 +261,8 @@ def _add_routes(app: FastAPI, runner: _Runner, predict_model: Any, batch_model: 
     async def batch(body: Any) -> StreamingResponse:
         examples = [_inputs(e) for e in body.examples]
         return _BatchStream(runner, examples, with_trace=body.trace)
+
+    add_stream_route(app, runner, predict_model, _status_for)
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, Any]:
