@@ -358,6 +358,7 @@ class _Call:
         if request.n == 1 or self.lm.capabilities.n:
             return [await self._send(request, sample, entry)]
         single = dataclasses.replace(request, n=1)
+        entry = dataclasses.replace(entry, tokens=False)  # n replies at once: no one text
         results: list[tuple[LMResponse, LMRequest, str] | Exception | None] = [None] * request.n
 
         async def one(index: int) -> None:
@@ -432,7 +433,7 @@ class _Call:
             path=self.path,
             attempt=entry.number,
             note=entry.note,
-            fields=list(self.predictor.signature.outputs),
+            fields=list(self.predictor.signature.outputs) if entry.tokens else None,
             json=_is_json(adapter),
         )
 
@@ -483,6 +484,7 @@ class _Entry:
     note: str
     repair: bool
     adapter: Adapter | None = None
+    tokens: bool = True  # False for the one-sample requests of a fanned-out call
 
 
 def _finished_event(

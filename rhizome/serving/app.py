@@ -55,6 +55,7 @@ from rhizome.serving.middleware import (
     AuthMiddleware,
     BodyLimitMiddleware,
     MetricsMiddleware,
+    busy_response,
     error_response,
     lm_failure,
     public_error,
@@ -239,12 +240,7 @@ def _add_routes(app: FastAPI, runner: _Runner, predict_model: Any, batch_model: 
     @_body_type(predict_model)
     async def predict(body: Any) -> JSONResponse:
         if runner.busy():
-            return error_response(
-                503,
-                "busy",
-                "the server is at its concurrency limit; retry shortly",
-                headers={"Retry-After": "1"},
-            )
+            return busy_response()
         result, status = await runner.run(_inputs(body.inputs), with_trace=body.trace)
         error = result.pop("error")
         if error is not None:

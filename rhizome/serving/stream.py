@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from rhizome.engine.events import Event, RunFinished
 from rhizome.engine.graphs.streaming import EventStream
 from rhizome.engine.trace import Trace, jsonable
-from rhizome.serving.middleware import error_response, public_error
+from rhizome.serving.middleware import busy_response, public_error
 from rhizome.serving.schema import ERROR_RESPONSES
 
 if TYPE_CHECKING:
@@ -60,12 +60,7 @@ def add_stream_route(
 
     async def stream(body: Any) -> StreamingResponse | JSONResponse:
         if runner.busy():
-            return error_response(
-                503,
-                "busy",
-                "the server is at its concurrency limit; retry shortly",
-                headers={"Retry-After": "1"},
-            )
+            return busy_response()
         inputs = body.inputs.model_dump(by_alias=True, exclude_unset=True)
         frames = _frames(runner, inputs, status_for)
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
