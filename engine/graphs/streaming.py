@@ -94,4 +94,7 @@ class EventStream:
     def __del__(self) -> None:
         task = self._task
         if task is not None and not task.done():
-            task.cancel()  # abandoned without aclose(): nobody reads what the run would report
+            try:  # abandoned without aclose(): nobody reads what the run would report
+                task.cancel()
+            except RuntimeError:  # its event loop is closed already: nothing runs it
+                pass

@@ -13,6 +13,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 
 from rhizome.engine.call.adapters import JSONAdapter, TextAdapter
@@ -294,3 +295,28 @@ async def test_leaving_early_stops_the_run(server: OpenAIServer, lm: OpenAILM) -
     assert server.request_count <= 1
     with pytest.raises(StopAsyncIteration):
         await stream.__anext__()
+
+
+async def test_streaming_through_an_httpx_transport(server: OpenAIServer) -> None:
+    """A client given ``transport=`` (or behind a proxy) sends through httpx; it streams too."""
+    lm = OpenAILM(
+        "test-model",
+        base_url=server.url,
+        cache=None,
+        backoff=0.01,
+        transport=httpx.AsyncHTTPTransport(),
+    )
+    server.script(["through httpx", Reply(text="broken", break_after=1), "again"])
+    pieces: list[str] = []
+    graph = Graph("g").add("a", Predict("question -> answer", adapter=TextAdapter()))
+    reply = await lm.complete(STREAMED)
+    assert reply.text == "through httpx"
+    assert (await lm.complete(STREAMED)).text == "again"
+    assert server.request_count == 3
+    server.responder = lambda body: "<answer>via httpx</answer>"
+    async for event in graph.events(question="q", lm=lm):
+        if isinstance(event, Token):
+            pieces.append(event.text)
+    assert "".join(pieces) == "via httpx"
+    assert len(pieces) > 1  # it arrived in pieces
+    await lm.aclose()
