@@ -226,14 +226,10 @@ class _Connection(asyncio.Protocol):
             raise _Stale()
         waiter: asyncio.Future[RawResponse] = self.loop.create_future()
         self.waiter, self.got_data, self.complete, self.head_done = waiter, False, False, False
-        self.want_stream, self.streaming, self.decoder = on_chunk is not None, False, None
+        self.want_stream = on_chunk is not None
         self.last_data = self.loop.time()
-        deadline = self.last_data + self.timeout
-        if self.timer is not None and self.timer.when() > deadline:  # a shorter timeout now
-            self.timer.cancel()
-            self.timer = None
         if self.timer is None:  # a running watchdog stays armed across back-to-back exchanges
-            self.timer = self.loop.call_at(deadline, self._check_timeout)
+            self.timer = self.loop.call_at(self.last_data + self.timeout, self._check_timeout)
         self.transport.write(data)
         try:
             if on_chunk is None:
@@ -244,8 +240,8 @@ class _Connection(asyncio.Protocol):
             raise
         finally:
             self.waiter = None
-            self.progress = None
-            self.pending = []
+            if on_chunk is not None:
+                self.progress, self.pending, self.streaming, self.decoder = None, [], False, None
 
     async def _stream(
         self, waiter: asyncio.Future[RawResponse], on_chunk: Callable[[bytes], None]
@@ -263,6 +259,13 @@ class _Connection(asyncio.Protocol):
                 if self.decoder is not None:
                     on_chunk(self.decoder.flush())
                 return reply
+
+    def retime(self, timeout: float) -> None:
+        """Allow ``timeout`` seconds between reply bytes from now on (the watchdog re-arms)."""
+        self.timeout = timeout
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     def _check_timeout(self) -> None:
         """The watchdog: fail the exchange in flight once it has had no data for the timeout.
@@ -364,7 +367,7 @@ class HttpPool(httpx.AsyncBaseTransport):
                 conn = await self._connect(origin)
             self._busy.add(conn)
             if read_timeout is not None:
-                conn.timeout = read_timeout
+                conn.retime(read_timeout)
             try:
                 response: RawResponse | None = await conn.exchange(data, on_chunk)
             except _Stale:
@@ -375,7 +378,8 @@ class HttpPool(httpx.AsyncBaseTransport):
                     ) from None
             finally:
                 self._busy.discard(conn)
-                conn.timeout = self._timeout
+                if read_timeout is not None:
+                    conn.retime(self._timeout)
             if response is None:  # closed while idle: once more on a fresh connection
                 conn = None
                 continue
