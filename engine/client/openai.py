@@ -28,6 +28,18 @@ that loop shuts down (through the loop's async-generator shutdown hook) or by
 :meth:`OpenAILM.aclose`. The API key is sent in the ``Authorization`` header
 only: it never appears in ``repr``, history, logs or error messages.
 
+A request with ``stream=True`` (the predictor call path sets it while a run
+is listened to, see :mod:`rhizome.engine.events`) is sent with ``"stream":
+true`` and ``stream_options.include_usage``; the server-sent events are read
+as they arrive (:mod:`rhizome.engine.client.sse`), their text reported, and
+the reply returned is the same as a whole one. A stream that breaks off is a
+failure like any other that may pass: retried, then raised, never returned
+cut. The cache key leaves ``stream`` out, so a streamed reply and a whole one
+share their cache entry.
+
+The node running the call may override the retry policy, the timeout and the
+cache (:mod:`rhizome.engine.client.policy`).
+
 The parts live beside it: the wire format in :mod:`rhizome.engine.client.wire_format`, the
 retry policy in :mod:`rhizome.engine.client.retry`, and the per-loop connections and
 shared adaptive limiter in :mod:`rhizome.engine.client.connections`.
@@ -193,7 +205,8 @@ class OpenAILM:
         max_tokens: Default completion limit when a request sets none.
         cache: ``"default"`` (the user cache file, unless ``RHIZOME_CACHE=0``),
             a :class:`~rhizome.engine.client.cache.ResponseCache`, or None for no cache.
-        capabilities: What the server supports; default JSON schema, tools and n.
+        capabilities: What the server supports; default JSON schema, tools, n and
+            streaming.
         prices: Token prices, to report cost.
         headers: Extra HTTP headers sent with every request.
         backoff: Seconds of the first retry wait (doubling, with jitter;
