@@ -17,6 +17,10 @@ nodes inside it, and an inner node's settings win over an outer one's, field
 by field. Defaults: every field None, so the LM's own settings hold
 (``RetryPolicy()``: 5 retries of every kind of failure that may pass, 0.5 s
 first wait, 30 s cap; ``Limits().timeout``: 60 s; the LM's cache).
+
+The policy is read by :class:`~rhizome.engine.client.openai.OpenAILM` (and so
+by the embedded model's client); an LM of another kind (``FakeLM``, a backend of
+your own) may read :func:`current_policy` too, or ignore it.
 """
 
 from __future__ import annotations
