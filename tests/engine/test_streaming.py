@@ -320,3 +320,19 @@ async def test_streaming_through_an_httpx_transport(server: OpenAIServer) -> Non
     assert "".join(pieces) == "via httpx"
     assert len(pieces) > 1  # it arrived in pieces
     await lm.aclose()
+
+
+async def test_a_server_that_ignores_stream_still_gives_the_tokens(
+    server: OpenAIServer, lm: OpenAILM
+) -> None:
+    whole = {
+        "model": "test-model",
+        "choices": [{"index": 0, "message": {"content": '{"answer": "whole"}'}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+    }
+    server.script([Reply(raw_body=json.dumps(whole))])  # JSON, not server-sent events
+    events = await collect(Graph("g").add("a", Predict("question -> answer")), lm, question="q")
+    assert server.requests[0]["stream"] is True
+    assert fields_of(events, "a") == {"answer": "whole"}
+    finished = next(e for e in events if isinstance(e, LMCallFinished))
+    assert finished.completion_tokens == 2
