@@ -34,11 +34,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
+from rhizome.engine import events
 from rhizome.engine.call.adapters import outputs_schema
 from rhizome.engine.call.parsing import coerce_json, format_value
 from rhizome.engine.call.predictor import Predictor
@@ -48,6 +50,7 @@ from rhizome.engine.context import resolve_lm
 from rhizome.engine.errors import ConfigError, ParseError
 from rhizome.engine.graphs.durable import checkpointed_step, typed
 from rhizome.engine.graphs.node import Node
+from rhizome.engine.graphs.scheduler import current_path
 from rhizome.engine.trace import current_record
 from rhizome.tools.agent.tool import Tool, tool
 
@@ -242,12 +245,12 @@ class ReAct(Node):
             actions = await self._native_step(step_inputs, replay)
         else:
             actions = await self._text_step(step_inputs)
-        final, entries = await self._act(actions)
+        final, entries = await self._act(actions, len(trajectory))
         turn = list(_replay(actions, entries)) if final is None else []
         return {"steps": entries, "final": final, "replay": turn}
 
     async def _act(
-        self, actions: Sequence[_Action]
+        self, actions: Sequence[_Action], first: int = 0
     ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """Carry out one turn's actions, up to its first ``finish``; tool calls run concurrently.
 
@@ -260,20 +263,20 @@ class ReAct(Node):
         limiter = anyio.CapacityLimiter(self.max_parallel_tools)
         final: dict[str, Any] | None = None
 
-        async def observe(entry: dict[str, Any], action: _Action) -> None:
+        async def observe(entry: dict[str, Any], action: _Action, step: int) -> None:
             async with limiter:
-                entry["observation"] = await self._observe(action.tool, action.args)
+                entry["observation"] = await self._reported(action, step)
 
         try:
             async with anyio.create_task_group() as group:
-                for entry, action in zip(entries, taken, strict=True):
+                for index, (entry, action) in enumerate(zip(entries, taken, strict=True)):
                     if action.error is not None:
                         entry["observation"] = action.error
                     elif action.tool == FINISH:
                         final, problem = self._finish(action.args)
                         entry["observation"] = "done" if final is not None else problem
                     else:
-                        group.start_soon(observe, entry, action)
+                        group.start_soon(observe, entry, action, first + index)
         except BaseExceptionGroup as group_error:
             # Tool failures are observations already; what escapes is a signal (a tool
             # asking a person, a cancellation): pass on the first one as itself.
@@ -349,6 +352,21 @@ class ReAct(Node):
         if problems:
             return None, f"Error: invalid arguments for {FINISH}: " + "; ".join(problems)
         return final, ""
+
+    async def _reported(self, action: _Action, step: int) -> str:
+        """:meth:`_observe`, reported to the run's listener as a tool call and its result."""
+        if not events.active():
+            return await self._observe(action.tool, action.args)
+        path = current_path() or ""
+        events.emit(events.ToolCall(path=path, tool=action.tool, args=action.args, step=step))
+        started = time.perf_counter()
+        observation = await self._observe(action.tool, action.args)
+        latency = time.perf_counter() - started
+        result = events.ToolResult(
+            path=path, tool=action.tool, observation=observation, step=step, latency=latency
+        )
+        events.emit(result)
+        return observation
 
     async def _observe(self, name: str, args: Any) -> str:
         """What the tool returned, or error text the model can act on."""

@@ -26,6 +26,7 @@ from rhizome.engine.client.fake import FakeLM as FakeLM
 from rhizome.engine.client.openai import Limits as Limits
 from rhizome.engine.client.openai import OpenAILM as OpenAILM
 from rhizome.engine.client.openai import RequestDefaults as RequestDefaults
+from rhizome.engine.client.policy import CallPolicy as CallPolicy
 from rhizome.engine.client.protocol import LM as LM
 from rhizome.engine.client.protocol import Capabilities as Capabilities
 from rhizome.engine.client.protocol import LMRequest as LMRequest
@@ -122,6 +123,7 @@ __all__ = (
     "BestOfN",
     "BootstrapFewShot",
     "Budget",
+    "CallPolicy",
     "Capabilities",
     "ChainOfThought",
     "CheckpointStore",

@@ -17,6 +17,14 @@ Scripting:
   once and the other choices are not asked for.
 - ``server.script([...])`` queues replies consumed (one per responder call)
   before the responder is asked.
+- A request with ``"stream": true`` gets a 200 reply as server-sent events
+  (``text/event-stream``, chunked): the text in pieces (``Reply.chunks``, else
+  pieces of three characters), tool calls as deltas, the finish reason, the
+  usage when ``stream_options.include_usage`` is set, then ``[DONE]``.
+  ``Reply.break_after=k`` breaks the stream after ``k`` text pieces (the
+  connection dropped, with ``break_how="end"`` the body ended without a
+  finish or ``[DONE]``, with ``"error"`` an error event sent and the body
+  ended); ``Reply.chunk_delay`` spaces the pieces.
 - ``server.requests`` holds every request body received (JSON),
   ``server.raw_requests`` the same bodies as the exact bytes received, and
   ``server.request_headers`` their headers (lower-cased names).
@@ -53,6 +61,12 @@ class Reply:
         drop: Close the connection without answering.
         usage: ``(prompt_tokens, completion_tokens)``; default counts words.
         finish_reason: Overrides ``"stop"`` / ``"tool_calls"``.
+        chunks: The text's pieces when streamed (default: three characters each).
+        break_after: Streamed: break the stream after this many text pieces.
+        break_how: ``"drop"`` closes the connection; ``"end"`` ends the body cleanly
+            but without a finish reason or ``[DONE]``; ``"error"`` sends an error
+            event (``{"error": {"message": ...}}``), then ends the body.
+        chunk_delay: Streamed: seconds between pieces.
     """
 
     text: str = ""
@@ -64,6 +78,10 @@ class Reply:
     drop: bool = False
     usage: tuple[int, int] | None = None
     finish_reason: str | None = None
+    chunks: list[str] | None = None
+    break_after: int | None = None
+    break_how: str = "drop"
+    chunk_delay: float = 0.0
 
     @property
     def final(self) -> bool:
@@ -266,6 +284,8 @@ class OpenAIServer:
                 await _write(writer, first.status, first.raw_body, first.headers)
             elif first.status != 200:
                 await _write(writer, first.status, _error_body(first.text), first.headers)
+            elif body.get("stream"):
+                return await self._stream(body, replies, writer)
             else:
                 payload = self._completion(body, replies)
                 await _write(writer, 200, payload, first.headers)
@@ -331,6 +351,79 @@ class OpenAIServer:
                 },
             }
         )
+
+    async def _stream(
+        self, body: dict[str, Any], replies: list[_Reply], writer: asyncio.StreamWriter
+    ) -> bool:
+        """Answer as server-sent events; False when the stream was broken on purpose."""
+        with self._lock:
+            number = self._count
+        model = body.get("model") or self.model
+        base = {"id": f"chatcmpl-{number}", "object": "chat.completion.chunk", "model": model}
+        head = ["HTTP/1.1 200 OK", "Content-Type: text/event-stream", "Cache-Control: no-cache"]
+        head.append("Transfer-Encoding: chunked")
+        head.extend(f"{name}: {value}" for name, value in replies[0].headers.items())
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+
+        async def event(data: dict[str, Any] | str) -> None:
+            text = data if isinstance(data, str) else json.dumps({**base, **data})
+            piece = f"data: {text}\n\n".encode()
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+
+        completion = 0
+        for index, reply in enumerate(replies):
+            delta = {"role": "assistant", "content": ""}
+            await event({"choices": [{"index": index, "delta": delta, "finish_reason": None}]})
+            for count, piece in enumerate(reply.chunks or _pieces(reply.text)):
+                if reply.break_after is not None and count >= reply.break_after:
+                    if reply.break_how == "error":
+                        await event({"error": {"message": "overloaded", "type": "server_error"}})
+                    return await _break(writer, reply.break_how)
+                if reply.chunk_delay:
+                    await asyncio.sleep(reply.chunk_delay)
+                choice = {"index": index, "delta": {"content": piece}, "finish_reason": None}
+                await event({"choices": [choice]})
+            for i, call in enumerate(reply.tool_calls or ()):
+                await self._stream_call(event, index, i, call)
+            finish = reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")
+            await event({"choices": [{"index": index, "delta": {}, "finish_reason": finish}]})
+            completion += reply.usage[1] if reply.usage else _words(reply.text)
+        if (body.get("stream_options") or {}).get("include_usage"):
+            prompt = replies[0].usage[0] if replies[0].usage else _prompt_tokens(body)
+            usage = {"prompt_tokens": prompt, "completion_tokens": completion}
+            await event({"choices": [], "usage": {**usage, "total_tokens": prompt + completion}})
+        await event("[DONE]")
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    @staticmethod
+    async def _stream_call(
+        event: Callable[[dict[str, Any]], Any], index: int, i: int, call: dict[str, Any]
+    ) -> None:
+        whole = _tool_call(i, call)
+        first = {"index": i, "id": whole["id"], "type": "function"}
+        first["function"] = {"name": whole["function"]["name"], "arguments": ""}
+        delta: dict[str, Any] = {"tool_calls": [first]}
+        await event({"choices": [{"index": index, "delta": delta, "finish_reason": None}]})
+        for piece in _pieces(whole["function"]["arguments"]):
+            part = {"index": i, "function": {"arguments": piece}}
+            delta = {"tool_calls": [part]}
+            await event({"choices": [{"index": index, "delta": delta, "finish_reason": None}]})
+
+
+def _pieces(text: str, size: int = 3) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+async def _break(writer: asyncio.StreamWriter, how: str) -> bool:
+    if how in ("end", "error"):  # a clean end of the body, without finish reason or [DONE]
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
+    writer.transport.abort()
+    return False
 
 
 def _tool_call(index: int, call: dict[str, Any]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ EXPECTED = {
     "Score", "History", "Image", "inspect_history",
     "AskHuman", "CheckpointStore", "DirectoryCheckpoint", "FanOut", "RunWaiting",
     "SQLiteCheckpoint", "ask_human", "interrupt",
+    "CallPolicy",
 }  # fmt: skip
 
 

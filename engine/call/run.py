@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 import anyio
 
+from rhizome.engine import events
 from rhizome.engine.call.adapters import JSONAdapter, TextAdapter, default_adapter
 from rhizome.engine.call.endpoints import (
     REFUSAL_STATUSES,
@@ -39,10 +40,12 @@ from rhizome.engine.call.endpoints import (
     structured_known,
     without_refused_schema,
 )
+from rhizome.engine.call.field_stream import streamed_complete
 from rhizome.engine.call.signature import Signature
 from rhizome.engine.client.protocol import LM, Choice, LMRequest, LMResponse, ToolCall, Usage
 from rhizome.engine.context import resolve_lm, settings
 from rhizome.engine.errors import LMStatusError, ParseError, SignatureError
+from rhizome.engine.events import LMCallFinished
 from rhizome.engine.trace import LMCall, current_record, log_call
 
 if TYPE_CHECKING:
@@ -317,7 +320,9 @@ class _Call:
         cut = False
         number = self.attempts
         self.attempts += 1
-        for response, sent, how in await self._complete(request, number, note, repair):
+        for response, sent, how in await self._complete(
+            request, _Entry(number, note, repair, adapter)
+        ):
             ok = len(parsed.outputs)
             bad = self._parse(response, adapter, parsed)
             cut = cut or any(c.finish_reason == "length" for c in response.choices)
@@ -352,7 +357,7 @@ class _Call:
         return bad
 
     async def _complete(
-        self, request: LMRequest, number: int, note: str, repair: bool
+        self, request: LMRequest, entry: _Entry
     ) -> list[tuple[LMResponse, LMRequest, str]]:
         """One request, or ``n`` one-sample requests when the LM cannot sample ``n``.
 
@@ -363,10 +368,10 @@ class _Call:
         same on every run, and the replies come back in sample order.
         """
         sample = settings().sample
-        entry = _Entry(number, note, repair)
         if request.n == 1 or self.lm.capabilities.n:
             return [await self._send(request, sample, entry)]
         single = dataclasses.replace(request, n=1)
+        entry = dataclasses.replace(entry, tokens=False)  # n replies at once: no one text
         results: list[tuple[LMResponse, LMRequest, str] | Exception | None] = [None] * request.n
 
         async def one(index: int) -> None:
@@ -408,7 +413,7 @@ class _Call:
     ) -> tuple[LMResponse, LMRequest, str]:
         started = time.perf_counter()
         try:
-            response = await self.lm.complete(request, sample=sample)
+            response = await self._ask(request, sample, entry)
         except LMStatusError as exc:
             self._log(request, entry, error=f"{type(exc).__name__}: {exc}", started=started)
             if request.response_format is None or exc.status not in REFUSAL_STATUSES:
@@ -416,7 +421,7 @@ class _Call:
             plain = dataclasses.replace(request, response_format=None)
             started = time.perf_counter()
             try:
-                response = await self.lm.complete(plain, sample=sample)
+                response = await self._ask(plain, sample, entry)
             except Exception as again:
                 self._log(plain, entry, error=f"{type(again).__name__}: {again}", started=started)
                 raise
@@ -428,6 +433,22 @@ class _Call:
         if request.response_format is not None:
             remember_accepted(self.lm)
         return response, request, ""
+
+    async def _ask(self, request: LMRequest, sample: int, entry: _Entry) -> LMResponse:
+        """The LM's reply; reported (and streamed, when it can be) while a run is listened to."""
+        if not events.active():
+            return await self.lm.complete(request, sample=sample)
+        adapter = entry.adapter or self.adapter
+        return await streamed_complete(
+            self.lm,
+            request,
+            sample=sample,
+            path=self.path,
+            attempt=entry.number,
+            note=entry.note,
+            fields=list(self.predictor.signature.outputs) if entry.tokens else None,
+            json=isinstance(adapter, JSONAdapter),
+        )
 
     def _log(
         self,
@@ -444,6 +465,8 @@ class _Call:
             error = f"ParseError: {errors[0]}"
         latency = response.latency if response else time.perf_counter() - started
         choice = response.choices[0] if response and response.choices else None
+        if events.active():
+            events.emit(_finished_event(self.path, entry.number, response, error, latency))
         log_call(
             LMCall(
                 predictor=self.path,
@@ -475,11 +498,29 @@ def _appended(content: str | list[dict[str, Any]], text: str) -> str | list[dict
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Entry:
-    """What every :class:`LMCall` of one attempt shares."""
+    """What every :class:`LMCall` of one attempt shares (and the adapter it reads with)."""
 
     number: int
     note: str
     repair: bool
+    adapter: Adapter | None = None
+    tokens: bool = True  # False for the one-sample requests of a fanned-out call
+
+
+def _finished_event(
+    path: str, attempt: int, response: LMResponse | None, error: str | None, latency: float
+) -> LMCallFinished:
+    usage = response.usage if response is not None else Usage()
+    return LMCallFinished(
+        path=path,
+        model=response.model if response is not None else "",
+        attempt=attempt,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached=response.cached if response is not None else False,
+        latency=latency,
+        error=error,
+    )
 
 
 def _reply_text(choice: Choice | None) -> str:

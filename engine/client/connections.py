@@ -24,7 +24,7 @@ import threading
 import urllib.request
 import weakref
 from collections import deque
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Protocol
 
 import httpx
@@ -272,12 +272,32 @@ class Connections:
         return state
 
     async def via_httpx(
-        self, state: LoopState, payload: bytes
-    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        """One POST of ``payload`` through httpx: status, body and raw headers of the reply."""
+        self,
+        state: LoopState,
+        payload: bytes,
+        *,
+        on_chunk: Callable[[bytes], None] | None = None,
+        read_timeout: float | None = None,
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]], bool]:
+        """One POST of ``payload`` through httpx: status, body, raw headers, and if streamed.
+
+        With ``on_chunk``, a successful ``text/event-stream`` reply's body goes to
+        it as it arrives (as ``HttpPool.request`` does) and the returned body is
+        empty; ``read_timeout`` replaces the client's timeout.
+        """
         assert state.client is not None
-        reply = await state.client.post(self._url, content=payload)
-        return reply.status_code, reply.content, reply.headers.raw
+        if on_chunk is None and read_timeout is None:
+            reply = await state.client.post(self._url, content=payload)
+            return reply.status_code, reply.content, reply.headers.raw, False
+        limit = httpx.Timeout(read_timeout) if read_timeout else httpx.USE_CLIENT_DEFAULT
+        async with state.client.stream("POST", self._url, content=payload, timeout=limit) as reply:
+            kind = reply.headers.get("content-type", "").split(";")[0].strip().lower()
+            if on_chunk is None or not reply.is_success or kind != "text/event-stream":
+                content = await reply.aread()
+                return reply.status_code, content, reply.headers.raw, False
+            async for piece in reply.aiter_bytes():
+                on_chunk(piece)
+            return reply.status_code, b"", reply.headers.raw, True
 
     async def aclose(self) -> None:
         """Close the running loop's connections (the next use reopens them)."""

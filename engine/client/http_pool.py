@@ -22,9 +22,13 @@ a negative, non-numeric or duplicated ``Content-Length``, a bad chunk size) or
 one cut short raises ``httpx.RemoteProtocolError`` naming the problem.
 
 Supported: ``http`` and ``https`` (TLS through :mod:`ssl`), ``Content-Length``,
-chunked and read-until-close bodies, gzip/deflate bodies, 1xx interim replies.
+chunked and read-until-close bodies, gzip/deflate bodies, 1xx interim replies,
+and a reply body read as it arrives: given ``on_chunk``, a successful
+``text/event-stream`` reply's body goes to it piece by piece, called from the
+waiting coroutine (so in its context), and the reply comes back with
+``streamed=True`` and no content; the read timeout then applies between pieces.
 Not supported: proxies (the client falls back to httpx's own transport when a
-proxy is configured), HTTP/2, streaming bodies.
+proxy is configured), HTTP/2, streaming request bodies.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import asyncio
 import dataclasses
 import ssl
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httptools
 import httpx
@@ -79,6 +83,7 @@ class RawResponse:
     headers: Headers
     content: bytes
     keep_alive: bool = True
+    streamed: bool = False
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (lower-case), or None."""
@@ -125,6 +130,14 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = True
         self.head_done = False
         self.complete = False
+        # Streaming: whether the caller wants the body as it comes, whether this reply
+        # is streamed, the pieces not yet handed over, and the wake-up of the waiting
+        # coroutine.
+        self.want_stream = False
+        self.streaming = False
+        self.decoder: zlib._Decompress | None = None
+        self.pending: list[bytes] = []
+        self.progress: asyncio.Future[None] | None = None
 
     # ---- asyncio.Protocol --------------------------------------------------
 
@@ -198,32 +211,80 @@ class _Connection(asyncio.Protocol):
         self.status = status = self.parser.get_status_code()
         self.keep_alive = self.parser.should_keep_alive()
         self.head_done = status >= 200
+        self.streaming = self.want_stream and 200 <= status < 300 and _is_event_stream(self)
+        if self.streaming and _encoding(self.headers) is not None:
+            self.decoder = zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib header
 
     def on_body(self, body: bytes) -> None:
-        self.body.append(body)
+        if not self.streaming:
+            self.body.append(body)
+            return
+        if self.decoder is not None:
+            body = self.decoder.decompress(body)
+        self.pending.append(body)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.progress is not None and not self.progress.done():
+            self.progress.set_result(None)
 
     def on_message_complete(self) -> None:
         self.complete = self.status >= 200  # a 1xx reply (100 Continue) is followed by the real one
 
     # ---- one exchange ------------------------------------------------------
 
-    async def exchange(self, data: bytes) -> RawResponse:
-        """Send ``data`` (a whole request) and wait for the whole reply."""
+    async def exchange(
+        self, data: bytes, on_chunk: Callable[[bytes], None] | None = None
+    ) -> RawResponse:
+        """Send ``data`` (a whole request) and wait for the whole reply.
+
+        With ``on_chunk``, a streamed reply's body goes to it as it arrives (see
+        the module docstring); an exception it raises ends the exchange.
+        """
         if self.transport is None or self.closed:
             raise _Stale()
         waiter: asyncio.Future[RawResponse] = self.loop.create_future()
         self.waiter, self.got_data, self.complete, self.head_done = waiter, False, False, False
+        self.want_stream = on_chunk is not None
         self.last_data = self.loop.time()
         if self.timer is None:  # a running watchdog stays armed across back-to-back exchanges
             self.timer = self.loop.call_at(self.last_data + self.timeout, self._check_timeout)
         self.transport.write(data)
         try:
-            return await waiter
+            if on_chunk is None:
+                return await waiter
+            return await self._stream(waiter, on_chunk)
         except BaseException:
             self.close()  # cancelled or failed mid-exchange: the connection state is unknown
             raise
         finally:
             self.waiter = None
+            if on_chunk is not None:
+                self.progress, self.pending, self.streaming, self.decoder = None, [], False, None
+
+    async def _stream(
+        self, waiter: asyncio.Future[RawResponse], on_chunk: Callable[[bytes], None]
+    ) -> RawResponse:
+        """Hand each piece of the body to ``on_chunk`` until the reply is whole."""
+        while True:
+            if not self.pending and not waiter.done():
+                self.progress = self.loop.create_future()
+                await asyncio.wait((self.progress, waiter), return_when=asyncio.FIRST_COMPLETED)
+            pieces, self.pending = self.pending, []
+            for piece in pieces:
+                on_chunk(piece)
+            if waiter.done() and not self.pending:
+                reply = waiter.result()
+                if self.decoder is not None:
+                    on_chunk(self.decoder.flush())
+                return reply
+
+    def retime(self, timeout: float) -> None:
+        """Allow ``timeout`` seconds between reply bytes from now on (the watchdog re-arms)."""
+        self.timeout = timeout
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     def _check_timeout(self) -> None:
         """The watchdog: fail the exchange in flight once it has had no data for the timeout.
@@ -247,6 +308,11 @@ class _Connection(asyncio.Protocol):
 
     def _deliver(self, keep_alive: bool) -> None:
         """Hand the parsed reply, its body decoded, to the waiting exchange."""
+        if self.streaming:  # the body went to the caller piece by piece
+            if self.waiter is not None and not self.waiter.done():
+                reply = RawResponse(self.status, self.headers, b"", keep_alive, streamed=True)
+                self.waiter.set_result(reply)
+            return
         body = b"".join(self.body)
         try:
             content = _decode(body, self.headers)
@@ -290,8 +356,23 @@ class HttpPool(httpx.AsyncBaseTransport):
         self._idle: dict[Origin, list[_Connection]] = {}
         self._busy: set[_Connection] = set()
 
-    async def request(self, origin: Origin, data: bytes) -> RawResponse:
+    async def request(
+        self,
+        origin: Origin,
+        data: bytes,
+        *,
+        on_chunk: Callable[[bytes], None] | None = None,
+        read_timeout: float | None = None,
+    ) -> RawResponse:
         """Send ``data`` (a complete HTTP/1.1 request) to ``origin``; the whole reply.
+
+        Args:
+            origin: Where to send it.
+            data: The request's bytes.
+            on_chunk: Given, a streamed (``text/event-stream``) success reply's body
+                goes to it as it arrives, and the reply has ``streamed=True``.
+            read_timeout: Seconds allowed between reply bytes for this request,
+                instead of the pool's.
 
         Raises:
             httpx.ConnectError / httpx.ConnectTimeout: No connection could be made.
@@ -304,8 +385,10 @@ class HttpPool(httpx.AsyncBaseTransport):
             if conn is None:
                 conn = await self._connect(origin)
             self._busy.add(conn)
+            if read_timeout is not None:
+                conn.retime(read_timeout)
             try:
-                response: RawResponse | None = await conn.exchange(data)
+                response: RawResponse | None = await conn.exchange(data, on_chunk)
             except _Stale:
                 response = None
                 if attempt:
@@ -314,6 +397,8 @@ class HttpPool(httpx.AsyncBaseTransport):
                     ) from None
             finally:
                 self._busy.discard(conn)
+                if read_timeout is not None:
+                    conn.retime(self._timeout)
             if response is None:  # closed while idle: once more on a fresh connection
                 conn = None
                 continue
@@ -389,6 +474,21 @@ def _pop_live(idle: list[_Connection]) -> _Connection | None:
         conn = idle.pop()
         if not conn.closed and conn.transport is not None:
             return conn
+    return None
+
+
+def _is_event_stream(conn: _Connection) -> bool:
+    for key, value in conn.headers:
+        if key == b"content-type":
+            return value.split(b";")[0].strip().lower() == b"text/event-stream"
+    return False
+
+
+def _encoding(headers: Headers) -> bytes | None:
+    for key, value in headers:
+        if key == b"content-encoding":
+            coding = value.strip().lower()
+            return coding if coding in (b"gzip", b"x-gzip", b"deflate") else None
     return None
 
 

@@ -28,6 +28,18 @@ that loop shuts down (through the loop's async-generator shutdown hook) or by
 :meth:`OpenAILM.aclose`. The API key is sent in the ``Authorization`` header
 only: it never appears in ``repr``, history, logs or error messages.
 
+A request with ``stream=True`` (the predictor call path sets it while a run
+is listened to, see :mod:`rhizome.engine.events`) is sent with ``"stream":
+true`` and ``stream_options.include_usage``; the server-sent events are read
+as they arrive (:mod:`rhizome.engine.client.sse`), their text reported, and
+the reply returned is the same as a whole one. A stream that breaks off is a
+failure like any other that may pass: retried, then raised, never returned
+cut. The cache key leaves ``stream`` out, so a streamed reply and a whole one
+share their cache entry.
+
+The node running the call may override the retry policy, the timeout and the
+cache (:mod:`rhizome.engine.client.policy`).
+
 The parts live beside it: the wire format in :mod:`rhizome.engine.client.wire_format`, the
 retry policy in :mod:`rhizome.engine.client.retry`, and the per-loop connections and
 shared adaptive limiter in :mod:`rhizome.engine.client.connections`.
@@ -48,12 +60,22 @@ import anyio
 import httpx
 from pydantic import ValidationError
 
+from rhizome.engine import events
 from rhizome.engine.client.cache import ResponseCache, default_cache
 from rhizome.engine.client.connections import USER_AGENT as USER_AGENT
 from rhizome.engine.client.connections import Connections, LoopState
 from rhizome.engine.client.options import grouped
-from rhizome.engine.client.protocol import Capabilities, HistoryEntry, LMRequest, LMResponse
+from rhizome.engine.client.policy import CallPolicy, current_policy
+from rhizome.engine.client.protocol import (
+    Capabilities,
+    Choice,
+    HistoryEntry,
+    LMRequest,
+    LMResponse,
+    Usage,
+)
 from rhizome.engine.client.retry import Failure, RetryPolicy, backoff_wait, status_failure
+from rhizome.engine.client.sse import StreamError, StreamReader
 from rhizome.engine.client.usage import Prices, UsageTracker
 from rhizome.engine.client.wire_format import ChatCompletion as ChatCompletion
 from rhizome.engine.client.wire_format import ChatRequest as ChatRequest
@@ -169,7 +191,8 @@ class OpenAILM:
         max_tokens: Default completion limit when a request sets none.
         cache: ``"default"`` (the user cache file, unless ``RHIZOME_CACHE=0``),
             a :class:`~rhizome.engine.client.cache.ResponseCache`, or None for no cache.
-        capabilities: What the server supports; default JSON schema, tools and n.
+        capabilities: What the server supports; default JSON schema, tools, n and
+            streaming.
         prices: Token prices, to report cost.
         headers: Extra HTTP headers sent with every request.
         backoff: Seconds of the first retry wait (doubling, with jitter;
@@ -259,7 +282,7 @@ class OpenAILM:
         self._temperature = defaults.temperature
         self._max_tokens = defaults.max_tokens
         self._cache = _resolve_cache(cache)
-        self._caps = capabilities or Capabilities(json_schema=True, tools=True, n=True)
+        self._caps = capabilities or Capabilities(json_schema=True, tools=True, n=True, stream=True)
         self._prices = prices
         self._backoff = retry.backoff
         self._max_wait = retry.max_wait
@@ -340,22 +363,29 @@ class OpenAILM:
                 f"(capabilities.n is False), but the request asks for n={request.n}; ask "
                 "n=1 per request, or call through a predictor, which fans n out"
             )
-        payload = dumps(self._body(request))
+        body = self._body(request)
+        payload = dumps(body)
+        policy = current_policy()
+        cache, refresh = self._cache, False
+        if policy is not None and policy.cache is not None:
+            cache, refresh = self._cache_of(policy)
         key = None
-        if self._cache is not None:
+        if cache is not None:
             key = self._cache_key(payload, sample)
-            hit = await self._cache_get(key, request)
+            hit = None if refresh else await self._cache_get(cache, key, request)
             if hit is not None:
                 return hit
+        if request.stream:  # the cache key is the same streamed or not: made above
+            payload = dumps({**body, "stream": True, "stream_options": {"include_usage": True}})
         try:
-            response = await self._send(payload, request.n)
+            response = await self._send(payload, request.n, policy, stream=request.stream)
         except LMError as exc:
             self.usage.add_error()
             self._remember(request, None, str(exc))
             raise
         self.usage.add_tokens(response.usage, response.cost)
-        if self._cache is not None and key is not None:
-            await self._cache.put(key, encode_cached(response))
+        if cache is not None and key is not None:
+            await cache.put(key, encode_cached(response))
         self._remember(request, response)
         return response
 
@@ -382,9 +412,22 @@ class OpenAILM:
         head = f"{self._cache_namespace}\n{sample}\n".encode()
         return hashlib.sha256(head + payload).hexdigest()
 
-    async def _cache_get(self, key: str, request: LMRequest) -> LMResponse | None:
-        assert self._cache is not None
-        value = await self._cache.get(key)
+    def _cache_of(self, policy: CallPolicy) -> tuple[ResponseCache | None, bool]:
+        """The cache a node's policy asks for, and whether to skip reading it."""
+        chosen = policy.cache
+        if chosen is False:
+            return None, False
+        if chosen is True:
+            return self._cache, False
+        if chosen == "refresh":
+            return self._cache, True
+        assert isinstance(chosen, ResponseCache)
+        return chosen, False
+
+    async def _cache_get(
+        self, cache: ResponseCache, key: str, request: LMRequest
+    ) -> LMResponse | None:
+        value = await cache.get(key)
         if value is None:
             return None
         try:
@@ -404,55 +447,105 @@ class OpenAILM:
 
     # ---- HTTP with retries --------------------------------------------------------
 
-    async def _send(self, payload: bytes, n: int) -> LMResponse:
+    async def _send(
+        self, payload: bytes, n: int, policy: CallPolicy | None, *, stream: bool = False
+    ) -> LMResponse:
         state = await self._conns.state()
         limiter = self._conns.limiter
+        retry = self._retry if policy is None or policy.retry is None else policy.retry
+        timeout = None if policy is None else policy.timeout
         attempts = 0
         while True:
-            outcome = await self._attempt(state, payload, n)
+            outcome = await self._attempt(state, payload, n, read_timeout=timeout, stream=stream)
             if isinstance(outcome, LMResponse):
                 limiter.relax()
                 return outcome
             if outcome.status == 429:
                 limiter.throttle()
             attempts += 1
-            if not outcome.retryable or attempts > self._max_retries:
+            if attempts > retry.max_retries or not retry.retries(outcome):
                 raise outcome.error(attempts)
             wait = backoff_wait(
-                attempts, outcome.retry_after, backoff=self._backoff, max_wait=self._max_wait
+                attempts, outcome.retry_after, backoff=retry.backoff, max_wait=retry.max_wait
             )
             logger.info("%s; retry %d in %.2f s", outcome.message, attempts, wait)
             self.usage.add_retry()
+            events.retried(attempts, outcome.message, wait)
             await anyio.sleep(wait)
 
-    async def _attempt(self, state: LoopState, payload: bytes, n: int) -> LMResponse | Failure:
+    async def _attempt(
+        self,
+        state: LoopState,
+        payload: bytes,
+        n: int,
+        *,
+        read_timeout: float | None = None,
+        stream: bool = False,
+    ) -> LMResponse | Failure:
         limiter = self._conns.limiter
+        reader = StreamReader(n, events.delta) if stream else None
         try:
             await limiter.acquire()
             try:
                 self.usage.add_request()
                 start = time.perf_counter()
-                if state.pool is not None:  # inline: one coroutine fewer per request
+                if state.pool is not None and reader is None and read_timeout is None:
+                    # inline: one coroutine fewer per request
                     data = b"%s%d\r\n\r\n%s" % (self._head, len(payload), payload)
                     raw = await state.pool.request(self._origin, data)
-                    status, content, headers = raw.status, raw.content, raw.headers
+                    status, content, headers, streamed = raw.status, raw.content, raw.headers, False
                 else:
-                    status, content, headers = await self._conns.via_httpx(state, payload)
+                    status, content, headers, streamed = await self._exchange(
+                        state, payload, reader, read_timeout
+                    )
             finally:
                 limiter.release()
+        except StreamError as exc:
+            return Failure(
+                LMReplyError, f"{self._url} streamed a reply that could not be read: {exc}"
+            )
         except httpx.TimeoutException as exc:
-            message = f"{self._url} did not answer within timeout={self._timeout} s"
+            limit = read_timeout if read_timeout is not None else self._timeout
+            message = f"{self._url} did not answer within timeout={limit} s"
             return Failure(LMTimeoutError, f"{message} ({type(exc).__name__})")
         except httpx.UnsupportedProtocol as exc:
             message = f"cannot request {self._url}: {exc}; base_url must start with http(s)://"
             return Failure(LMConnectionError, message, retryable=False)
         except httpx.TransportError as exc:
             detail = self._redact(str(exc)) or type(exc).__name__
+            if reader is not None and reader.events:
+                message = f"the stream from {self._url} broke off after {reader.events} events"
+                return Failure(LMConnectionError, f"{message}: {detail}")
             return Failure(LMConnectionError, f"could not reach {self._url}: {detail}")
         latency = time.perf_counter() - start
         if not 200 <= status < 300:
             return self._status_failure(status, content, httpx.Headers(headers))
+        if streamed and reader is not None:
+            try:
+                reply = reader.result()
+            except StreamError as exc:
+                return Failure(LMReplyError, f"{self._url}: {exc}")
+            return self._response(reply, latency)
         return self._parse(content, n, latency)
+
+    async def _exchange(
+        self,
+        state: LoopState,
+        payload: bytes,
+        reader: StreamReader | None,
+        read_timeout: float | None,
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]], bool]:
+        """One request, streamed into ``reader`` when given, with its own timeout when given."""
+        on_chunk = reader.feed if reader is not None else None
+        if state.pool is None:
+            return await self._conns.via_httpx(
+                state, payload, on_chunk=on_chunk, read_timeout=read_timeout
+            )
+        data = b"%s%d\r\n\r\n%s" % (self._head, len(payload), payload)
+        raw = await state.pool.request(
+            self._origin, data, on_chunk=on_chunk, read_timeout=read_timeout
+        )
+        return raw.status, raw.content, raw.headers, raw.streamed
 
     def _status_failure(self, status: int, content: bytes, headers: httpx.Headers) -> Failure:
         text = self._redact(content[:8000].decode(errors="replace")[:2000])
@@ -476,6 +569,9 @@ class OpenAILM:
                 got = len(wire.choices)
                 return Failure(LMReplyError, f"{self._url} sent {got} choices, {n} were asked for")
             reply = read_completion(wire, n)
+        return self._response(reply, latency)
+
+    def _response(self, reply: tuple[str, tuple[Choice, ...], Usage], latency: float) -> LMResponse:
         model, choices, usage = reply
         cost = self._prices.cost(usage) if self._prices is not None else 0.0
         return LMResponse(

@@ -55,6 +55,9 @@ class LMRequest:
         tool_choice: OpenAI ``tool_choice``, or None.
         stop: Stop sequences.
         seed: A sampling seed, when the server supports one.
+        stream: Ask the server to stream the reply (server-sent events); the
+            reply is the same, its text reported as it arrives (see
+            :mod:`rhizome.engine.events`). Not part of the cache key.
     """
 
     messages: tuple[dict[str, Any], ...]
@@ -66,6 +69,7 @@ class LMRequest:
     tool_choice: str | dict[str, Any] | None = None
     stop: tuple[str, ...] | None = None
     seed: int | None = None
+    stream: bool = False
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -136,6 +140,8 @@ class Capabilities:
             not a server limit: the embedded 0.5B model answers one-field
             signatures best under a JSON schema, and chain-of-thought
             (reasoning plus answer) best in tagged text.
+        stream: Replies can be streamed (``"stream": true``, server-sent
+            events); listened-to runs then report tokens as they arrive.
     """
 
     json_schema: bool = False
@@ -143,6 +149,7 @@ class Capabilities:
     n: bool = True
     json_key_order: bool = True
     json_max_outputs: int | None = None
+    stream: bool = False
 
 
 @runtime_checkable

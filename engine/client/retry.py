@@ -19,9 +19,17 @@ import time
 import httpx
 
 from rhizome.engine.client.wire_format import error_detail
-from rhizome.engine.errors import ConfigError, LMError, LMStatusError
+from rhizome.engine.errors import (
+    ConfigError,
+    LMConnectionError,
+    LMError,
+    LMReplyError,
+    LMStatusError,
+    LMTimeoutError,
+)
 
 __all__ = (
+    "FAILURE_KINDS",
     "HINTS",
     "RETRY_STATUS",
     "Failure",
@@ -42,24 +50,67 @@ HINTS = {
 }
 
 
+FAILURE_KINDS: dict[str, type[LMError]] = {
+    "status": LMStatusError,
+    "connection": LMConnectionError,
+    "timeout": LMTimeoutError,
+    "reply": LMReplyError,
+}
+"""The kinds of failure a :class:`RetryPolicy` may retry, by the name ``retry_on`` uses."""
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class RetryPolicy:
     """How a client retries failures that may pass: ``OpenAILM(retry=RetryPolicy(...))``.
 
     Attributes:
-        max_retries: Retries after a failed attempt that may pass on retry (0: none).
+        max_retries: Retries after a failed attempt that may pass on retry (0: none,
+            one attempt in all).
         backoff: Seconds of the first retry wait (doubling, with jitter).
         max_wait: Cap in seconds on any retry wait, ``Retry-After`` included.
+        retry_on: Which failures are retried: ``"status"`` (HTTP 408, 409, 429
+            and 5xx), ``"connection"`` (the server could not be reached, or cut
+            the connection), ``"timeout"``, ``"reply"`` (a body that is not a
+            chat completion, a stream that broke off). Default: all four.
 
     Raises:
-        ConfigError: A value is negative or not a number.
+        ConfigError: A value is negative or not a number, or ``retry_on`` names
+            an unknown kind.
     """
 
     max_retries: int = 5
     backoff: float = 0.5
     max_wait: float = 30.0
+    retry_on: frozenset[str] = frozenset(FAILURE_KINDS)
+
+    @property
+    def attempts(self) -> int:
+        """Attempts in all: the first one and ``max_retries`` more."""
+        return self.max_retries + 1
+
+    def retries(self, failure: Failure) -> bool:
+        """True when ``failure`` is of a kind this policy retries (and may pass at all)."""
+        if not failure.retryable:
+            return False
+        if len(self.retry_on) == len(FAILURE_KINDS):
+            return True
+        return any(FAILURE_KINDS[name] is failure.kind for name in self.retry_on)
 
     def __post_init__(self) -> None:
+        if isinstance(self.retry_on, str) or not isinstance(
+            self.retry_on, frozenset | set | tuple | list
+        ):
+            raise ConfigError(
+                f"RetryPolicy(retry_on={self.retry_on!r}) must be a set of kinds, e.g. "
+                f"{{'status', 'timeout'}}; the kinds are: {', '.join(FAILURE_KINDS)}"
+            )
+        unknown = sorted(str(k) for k in self.retry_on if k not in FAILURE_KINDS)
+        if unknown:
+            raise ConfigError(
+                f"RetryPolicy(retry_on=...) names unknown kind(s) {', '.join(unknown)}; "
+                f"the kinds are: {', '.join(FAILURE_KINDS)}"
+            )
+        object.__setattr__(self, "retry_on", frozenset(self.retry_on))
         for name in ("max_retries", "backoff", "max_wait"):
             value = getattr(self, name)
             number = int if name == "max_retries" else (int, float)

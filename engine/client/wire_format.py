@@ -56,6 +56,8 @@ class ChatRequest(BaseModel):
     tool_choice: str | dict[str, Any] | None = None
     stop: list[str] | None = None
     seed: int | None = None
+    stream: bool | None = None
+    stream_options: dict[str, Any] | None = None
 
 
 class WireFunction(BaseModel):

@@ -45,6 +45,7 @@ from rhizome.engine.graphs.plan import (
     unknown_node,
 )
 from rhizome.engine.graphs.scheduler import current_path, execute, run_traced
+from rhizome.engine.graphs.streaming import EventStream
 from rhizome.engine.graphs.walk import walk
 from rhizome.engine.trace import Trace
 
@@ -336,6 +337,33 @@ class Graph(Node):
     def alone(self, lm: LM | None = None) -> Graph:
         """The graph itself: what runs when it is called (``graph(...)``, ``graph.acall(...)``)."""
         return self
+
+    def events(
+        self,
+        inputs: Mapping[str, Any] | None = None,
+        /,
+        *,
+        lm: LM | None = None,
+        tokens: bool = True,
+        **fields: Any,
+    ) -> EventStream:
+        """Run the graph once, yielding what happens as it happens (an async iterator).
+
+        Node started/finished (nested graphs included, by path), LM calls with
+        their usage, retries, tool calls, and, where the LM streams, the tokens
+        of each output field; the last event is
+        :class:`~rhizome.engine.events.RunFinished` with the outputs. A failed run
+        raises its error after its events. See :mod:`rhizome.engine.events` and
+        :mod:`rhizome.engine.graphs.streaming`.
+
+        Args:
+            inputs: Input values, as for :meth:`run`; merged with ``fields``.
+            lm: The default LM for nodes not bound to one, for this run.
+            tokens: Ask LMs that can stream for their replies token by token.
+            **fields: Input values by name.
+        """
+        values = {**dict(inputs or {}), **fields}
+        return EventStream(functools.partial(self.run, values, lm=lm), tokens=tokens)
 
     async def resume(
         self,

@@ -24,7 +24,7 @@ import copy
 import functools
 import re
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 import anyio
 
@@ -33,7 +33,10 @@ from rhizome.engine.graphs.walk import join, walk
 
 if TYPE_CHECKING:
     from rhizome.engine.call.signature import Field
+    from rhizome.engine.client.cache import ResponseCache
+    from rhizome.engine.client.policy import CallPolicy
     from rhizome.engine.client.protocol import LM
+    from rhizome.engine.client.retry import RetryPolicy
     from rhizome.engine.example import Prediction
     from rhizome.engine.graphs.graph import Graph
     from rhizome.engine.slots import Slot
@@ -70,8 +73,42 @@ class Node:
         if "kind" not in vars(cls):
             cls.kind = cls.__name__
 
+    policy: CallPolicy | None = None
+    """How the LM calls made while this node runs are retried, timed and cached
+    (:class:`~rhizome.engine.client.policy.CallPolicy`); None: as the enclosing
+    node's, else the LM's own. Set it with :meth:`with_policy`."""
+
     def __init__(self, *, timeout: float | None = None) -> None:
         self.timeout = timeout
+
+    def with_policy(
+        self,
+        policy: CallPolicy | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        cache: bool | ResponseCache | Literal["refresh"] | None = None,
+    ) -> Self:
+        """Give this node's LM calls their own retries, request timeout or cache; chainable.
+
+        Pass a :class:`~rhizome.engine.client.policy.CallPolicy`, or its fields
+        (``retry=RetryPolicy(max_retries=0)``, ``timeout=5``, ``cache=False``);
+        fields left None keep the enclosing node's setting, else the LM's.
+        The node's own time limit stays its ``timeout=`` constructor argument.
+
+        Raises:
+            ConfigError: A value has the wrong type, or both a policy and fields are given.
+        """
+        from rhizome.engine.client.policy import CallPolicy
+        from rhizome.engine.errors import ConfigError
+
+        fields = {"retry": retry, "timeout": timeout, "cache": cache}
+        if policy is not None and any(v is not None for v in fields.values()):
+            raise ConfigError("with_policy() takes a CallPolicy or its fields, not both")
+        if policy is not None and not isinstance(policy, CallPolicy):
+            raise ConfigError(f"with_policy() takes a CallPolicy, got {policy!r}")
+        self.policy = policy if policy is not None else CallPolicy(**fields)  # type: ignore[arg-type]
+        return self
 
     @property
     def inputs(self) -> Mapping[str, Field]:

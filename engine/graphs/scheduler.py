@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from rhizome.engine.client.policy import applying, restore
 from rhizome.engine.context import pop_settings, push_lm, settings
 from rhizome.engine.errors import NodeError, NodeTimeoutError
+from rhizome.engine.events import NodeStarted, active, emit, node_finished
 from rhizome.engine.example import Prediction
 from rhizome.engine.graphs.durable import active_run
 from rhizome.engine.graphs.plan import check_inputs
@@ -248,6 +250,9 @@ async def _run_node(
     record = NodeRecord(node=path, kind=node.kind, inputs=dict(inputs), parents=parents)
     # The path and the record are set and reset inline: context managers per node cost.
     path_token, opened = _PATH.set(path), open_record(record)
+    policy = applying(node.policy) if node.policy is not None else None
+    if active():
+        emit(NodeStarted(path=path, kind=node.kind, inputs=record.inputs))
     try:
         durable = active_run()  # a checkpointed run: restore the node if it finished before
         restored = durable.restore(path, node.outputs, record) if durable is not None else None
@@ -274,7 +279,11 @@ async def _run_node(
         raise
     finally:
         close_record(record, opened)
+        if policy is not None:
+            restore(policy)
         _PATH.reset(path_token)
+        if active():
+            emit(node_finished(record))
     return checked
 
 

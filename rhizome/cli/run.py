@@ -33,6 +33,7 @@ from rhizome.cli.common import (
     read_examples,
     require_lm,
 )
+from rhizome.cli.live import run_live
 from rhizome.cli.results import ResultsFile, journal_dir
 from rhizome.engine.errors import ConfigError
 from rhizome.engine.trace import Trace, jsonable
@@ -57,6 +58,7 @@ example:
   rhizome run rhizome.examples:build --input '{"question": "What is the capital of France?"}' \\
       --base-url http://localhost:8000/v1 --model my-model
   rhizome run rhizome.examples:build -p runs/qa/program.json --input @question.json --json
+  rhizome run rhizome.examples:build --local --stream -i '{"question": "Why is the sky blue?"}'
 """
 
 BATCH_HELP = """\
@@ -88,6 +90,12 @@ def add_parsers(sub: Sub) -> None:
     p.add_argument("-i", "--input", required=True, help="inputs as JSON, @file.json, or - (stdin)")
     p.add_argument("--json", action="store_true", help="print outputs, usage and latency as JSON")
     p.add_argument("--trace", action="store_true", help="print the run's trace on stderr")
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="print each output field's tokens live on stderr as the LM writes them "
+        "(and retries, tool calls); the outputs still come on stdout at the end",
+    )
     add_lm(p)
     add_otel(p)
     p.set_defaults(func=cmd_run)
@@ -131,6 +139,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         try:
             run = functools.partial(telemetry.run, graph, inputs, lm=lm, trace=trace)
+            if args.stream:
+                run = functools.partial(run_live, run, sys.stderr)
             prediction = anyio.run(run)
         finally:
             _keep_trace(trace)

@@ -8,6 +8,9 @@ Endpoints (``rhizome serve PROGRAM`` starts them):
   example as it finishes: ``{"index", "outputs", "error", "usage", "latency"}``.
 - ``POST /v1/runs``, ``POST /v1/runs/{id}/resume``, ``GET /v1/runs/{id}`` — checkpointed
   runs that may wait for a person's answer (see :mod:`rhizome.serving.runs`).
+- ``POST /v1/stream`` — the predict body; the run's events (node steps, LM
+  calls, tokens, retries, tool calls) as server-sent events, ending with the
+  outputs (see :mod:`rhizome.serving.stream`).
 - ``GET /healthz`` — liveness, never behind auth.
 - ``GET /metrics`` — Prometheus text (requests, latency, runs, LM calls, tokens, errors).
 - ``GET /docs`` and ``/openapi.json`` — the API, with request bodies typed by the
@@ -53,6 +56,7 @@ from rhizome.serving.middleware import (
     AuthMiddleware,
     BodyLimitMiddleware,
     MetricsMiddleware,
+    busy_response,
     error_response,
     public_error,
     public_trace,
@@ -67,6 +71,7 @@ from rhizome.serving.schema import (
     request_models,
     response_model,
 )
+from rhizome.serving.stream import add_stream_route
 from rhizome.telemetry import Telemetry
 
 if TYPE_CHECKING:
@@ -220,12 +225,7 @@ def _add_routes(app: FastAPI, runner: Runner, predict_model: Any, batch_model: A
     @body_type(predict_model)
     async def predict(body: Any) -> JSONResponse:
         if runner.busy():
-            return error_response(
-                503,
-                "busy",
-                "the server is at its concurrency limit; retry shortly",
-                headers={"Retry-After": "1"},
-            )
+            return busy_response()
         result, status = await runner.run(dump_inputs(body.inputs), with_trace=body.trace)
         error = result.pop("error")
         if error is not None:
@@ -242,6 +242,8 @@ def _add_routes(app: FastAPI, runner: Runner, predict_model: Any, batch_model: A
     async def batch(body: Any) -> StreamingResponse:
         examples = [dump_inputs(e) for e in body.examples]
         return _BatchStream(runner, examples, with_trace=body.trace)
+
+    add_stream_route(app, runner, predict_model, status_for)
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, Any]:

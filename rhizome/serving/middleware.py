@@ -42,6 +42,7 @@ __all__ = (
     "AuthMiddleware",
     "BodyLimitMiddleware",
     "MetricsMiddleware",
+    "busy_response",
     "error_response",
     "exposure_warning",
     "is_loopback",
@@ -57,7 +58,9 @@ logger = logging.getLogger("rhizome.serving.app")
 _URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 _HIDDEN_URL = "<url hidden>"
 
-ROUTES = frozenset({"/v1/predict", "/v1/batch", "/healthz", "/metrics", "/docs", "/openapi.json"})
+ROUTES = frozenset(
+    {"/v1/predict", "/v1/batch", "/v1/stream", "/healthz", "/metrics", "/docs", "/openapi.json"}
+)
 OPEN_PATHS = frozenset({"/healthz", "/docs", "/openapi.json"})
 _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
@@ -68,6 +71,16 @@ def error_response(
     """The JSON error body every endpoint answers with."""
     return JSONResponse(
         {"error": {"type": kind, "message": message, **extra}}, status_code=status, headers=headers
+    )
+
+
+def busy_response() -> JSONResponse:
+    """The 503 a run request gets when every slot is taken and the waiting line is full."""
+    return error_response(
+        503,
+        "busy",
+        "the server is at its concurrency limit; retry shortly",
+        headers={"Retry-After": "1"},
     )
 
 

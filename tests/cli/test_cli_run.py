@@ -281,3 +281,14 @@ def _json_blocks(text: str) -> list[str]:
             if depth == 0:
                 blocks.append(text[start : i + 1])
     return blocks
+
+
+def test_run_stream_prints_tokens_live_and_the_outputs_at_the_end(
+    lm_args: list[str], server: OpenAIServer, capsys: Capture
+) -> None:
+    question = '{"question": "Capital of Japan?"}'
+    assert main(["run", "rhizome.examples:build", "-i", question, "--stream", *lm_args]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "answer: Tokyo\n"
+    assert captured.err == "answer.answer: Tokyo\n"
+    assert server.requests[0]["stream"] is True

@@ -15,6 +15,7 @@ import pytest
 from rhizome.engine.call.adapters import JSONAdapter
 from rhizome.engine.client.protocol import LMRequest
 from rhizome.engine.errors import ConfigError, LMConnectionError
+from rhizome.engine.events import LMCallStarted, RunFinished, Token
 from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.predict import ChainOfThought
 from rhizome.tools.embedded import model as local_model
@@ -252,6 +253,16 @@ async def test_embedded_model_answers_and_server_stops(tmp_path: Path) -> None:
         assert prediction.trace is not None
         text = prediction.trace.lm_calls()[-1].reply
         assert text.index('"reasoning"') < text.index('"answer"')
+        # The server streams (stream=true): each field's tokens join into its parsed value.
+        joined: dict[str, str] = {}
+        async for event in cot.events(question="What is 7 times 8?", lm=lm):
+            if isinstance(event, LMCallStarted):
+                joined = {}
+            elif isinstance(event, Token):
+                joined[event.field] = joined.get(event.field, "") + event.text
+        assert isinstance(event, RunFinished)
+        assert joined == event.outputs
+        assert len(event.prediction.trace.lm_calls()[-1].reply) > 10
     assert len(reply.choices) == 2
     assert "paris" in reply.text.lower()
     assert reply.usage.prompt_tokens > 0

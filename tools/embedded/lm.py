@@ -46,7 +46,9 @@ if TYPE_CHECKING:
 
 __all__ = ("LOCAL_CAPABILITIES", "async_local_lm", "local_lm")
 
-LOCAL_CAPABILITIES = Capabilities(json_schema=True, tools=False, n=True, json_max_outputs=1)
+LOCAL_CAPABILITIES = Capabilities(
+    json_schema=True, tools=False, n=True, json_max_outputs=1, stream=True
+)
 """What llama.cpp serving the embedded model supports (measured, see module doc)."""
 
 _LOCAL_API_KEY = "sk-local-no-key"
