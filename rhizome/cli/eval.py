@@ -48,8 +48,9 @@ EVAL_HELP = """\
 Score the program on a JSONL dev set with a metric: the mean score with a 95%
 interval, failures, LM calls and time, and per-slice scores (--tag-field).
 
-metrics: exact_match, token_f1, numeric_match, answer_in_passages, each with an
-optional :FIELD (exact_match:answer), or MODULE:FUNCTION(example, prediction, trace).
+metrics: exact_match, token_f1, numeric_match, answer_in_passages, retrieval_recall,
+each with an optional :FIELD (exact_match:answer; retrieval_recall:supporting names the
+field listing supporting titles), or MODULE:FUNCTION(example, prediction, trace).
 
 example:
   rhizome eval rhizome.examples:build dev.jsonl --metric exact_match:answer --run-dir runs/qa-eval
