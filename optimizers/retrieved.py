@@ -57,7 +57,8 @@ class Search:
         node: The node's path (``"hop2"``, ``"loop/search"``).
         queries: The queries it searched with, in order.
         found: The passages it returned, in order.
-        parents: Paths of the nodes that fed it (the query writers).
+        parents: Paths of the LM nodes that fed it (its query writers); other
+            feeding nodes (an earlier retrieval, a function) are left out.
     """
 
     node: str
@@ -75,6 +76,7 @@ def searches(trace: Trace, field: str | None = None) -> list[Search]:
             passages); None reads every node that recorded what it retrieved.
     """
     out: dict[str, Search] = {}
+    writers = {r.node for r in trace.records if r.calls}
     for record in trace.records:
         found = _found(record, field)
         if found is None:
@@ -82,7 +84,7 @@ def searches(trace: Trace, field: str | None = None) -> list[Search]:
         search = out.setdefault(record.node, Search(node=record.node))
         search.found += found
         search.queries += _queries(record)
-        search.parents += [p for p in record.parents if p not in search.parents]
+        search.parents += [p for p in record.parents if p in writers and p not in search.parents]
     return list(out.values())
 
 

@@ -97,9 +97,10 @@ def two_hops(store: InMemoryRetriever) -> Graph:
     g.add("write1", Predict("question -> query", instruction="Write the first query."))
     g.add("search1", Retrieve(store, k=1))
     g.add("write2", Predict("question -> query", instruction="Write the second query."))
-    g.add("search2", Retrieve(store, k=1))
+    g.add("search2", Retrieve(store, k=1, exclude="context"))
     g.add("answer", Predict("question, a: list[str], b: list[str] -> answer"))
     g.connect("write1", "search1").connect("write2", "search2")
+    g.connect("search1.passages", "search2.context")  # search1 feeds search2 but wrote no query
     g.connect("search1.passages", "answer.a").connect("search2.passages", "answer.b")
     return g
 
