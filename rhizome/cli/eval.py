@@ -105,7 +105,12 @@ def add_parsers(sub: Sub) -> None:
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="bootstrap", help="how to tune")
     p.add_argument("--trials", type=positive, default=8, help="random: candidates; joint: trials")
     p.add_argument("--demos", type=int, default=3, help="bootstrapped demos per LM node")
-    p.add_argument("--labeled", type=int, default=0, help="labelled demos per node (labeled: 4)")
+    p.add_argument(
+        "--labeled",
+        type=int,
+        default=0,
+        help="labelled demos fill each node's demos up to this many (labeled: 4 demos)",
+    )
     p.add_argument("--propose", action="store_true", help="joint: LM proposes instructions")
     p.add_argument("--budget-calls", type=positive, help="joint: stop after this many LM calls")
     p.add_argument("--seed", type=int, default=0, help="makes the run repeatable")
