@@ -471,28 +471,53 @@ def parse_number(value: object) -> float | None:
 
 
 def numeric_match(field: str = "answer", label: str | None = None, *, tol: float = 1e-6) -> Metric:
-    """True when the numbers in prediction and label agree within ``tol`` (relative)."""
+    """Whether the numbers in prediction and label agree within ``tol`` (relative).
+
+    Returns a :class:`Score` (1.0 or 0.0) whose feedback gives the expected
+    number and the one read from the prediction.
+    """
 
     def metric(
         example: Mapping[str, Any], prediction: Mapping[str, Any], trace: Trace | None = None
-    ) -> bool:
-        guess = parse_number(_field(prediction, field))
-        gold = parse_number(example[label or field])
-        if guess is None or gold is None:
-            return False
-        return math.isclose(guess, gold, rel_tol=tol, abs_tol=tol)
+    ) -> Score:
+        raw = _field(prediction, field)
+        guess = parse_number(raw)
+        gold = parse_number(accepted_answers(example, label or field)[0])
+        if gold is None:
+            return Score(0.0, f"The label {example[label or field]!r} holds no number.")
+        if guess is None:
+            return Score(0.0, f"Expected the number {gold:g}; {field} {str(raw)!r} holds none.")
+        if math.isclose(guess, gold, rel_tol=tol, abs_tol=tol):
+            return Score(1.0, f"Correct: {field} gives {guess:g}.")
+        return Score(0.0, f"Wrong {field}: expected {gold:g}, got {guess:g} (from {str(raw)!r}).")
 
     metric.__name__ = f"numeric_match({field})"
     return metric
 
 
-def all_of(*metrics: Callable[..., float | bool], threshold: float = 1.0) -> Metric:
-    """A metric that passes only when every metric passes (scores 1.0 or 0.0)."""
+def all_of(*metrics: Callable[..., Any], threshold: float = 1.0) -> Metric:
+    """A metric that passes only when every metric passes (scores 1.0 or 0.0).
+
+    The feedback of the metrics that failed (or of all, when every one passed)
+    is joined, overall and per node.
+    """
 
     def metric(
         example: Mapping[str, Any], prediction: Mapping[str, Any], trace: Trace | None = None
-    ) -> bool:
-        return all(passes(m(example, prediction, trace), threshold) for m in metrics)
+    ) -> Score:
+        values = [m(example, prediction, trace) for m in metrics]
+        ok = [
+            passes(v, threshold, metric_name=metric_name(m))
+            for m, v in zip(metrics, values, strict=True)
+        ]
+        shown = [v for v, good in zip(values, ok, strict=True) if not good] or values
+        scores = [v for v in shown if isinstance(v, Score)]
+        notes: dict[str, str] = {}
+        for score in scores:
+            for node, text in score.node_feedback.items():
+                _add_note(notes, node, text)
+        feedback = " ".join(s.feedback for s in scores if s.feedback)
+        return Score(all(ok), feedback, notes)
 
     metric.__name__ = "all_of(" + ", ".join(metric_name(m) for m in metrics) + ")"
     return metric
@@ -506,16 +531,21 @@ def metric_name(fn: object) -> str:
 def distinct_from_question(node: str, field: str = "query", question: str = "question") -> Metric:
     """Trace metric: the node's output ``field`` must not merely repeat the question.
 
-    Useful inside :func:`all_of` to reject hop-1 queries that copy the question.
+    Useful inside :func:`all_of` to reject hop-1 queries that copy the
+    question; the :class:`Score` tells that node so ("the query repeated the
+    question").
     """
 
     def metric(
         example: Mapping[str, Any], prediction: Mapping[str, Any], trace: Trace | None = None
-    ) -> bool:
+    ) -> Score:
         if trace is None:
-            return True
+            return Score(1.0)
         produced = trace.node(node).outputs.get(field, "")
-        return normalize_text(produced) != normalize_text(example[question])
+        if normalize_text(produced) != normalize_text(example[question]):
+            return Score(1.0)
+        note = f"The {field} repeated the question ({str(produced)!r}) instead of narrowing it."
+        return Score(0.0, f"{node!r}: {note}", {node: note})
 
     metric.__name__ = f"distinct_from_question({node}.{field})"
     return metric

@@ -10,14 +10,18 @@ from rhizome.engine.client.fake import FakeLM
 from rhizome.engine.client.protocol import LMRequest
 from rhizome.engine.example import Example, Prediction
 from rhizome.engine.graphs.graph import Graph
+from rhizome.engine.trace import NodeRecord, Trace
 from rhizome.nodes.predict import Predict
 from rhizome.nodes.retrieve import Retrieve
 from rhizome.optimizers.evaluate import Evaluate
 from rhizome.optimizers.metrics import (
     Score,
+    all_of,
     answer_in_passages,
+    distinct_from_question,
     exact_match,
     normalize_text,
+    numeric_match,
     passes,
     retrieval_recall,
     token_f1,
@@ -176,3 +180,24 @@ async def test_answer_in_passages_says_where_it_looked() -> None:
     flat = metric(Example(answer="cat"), Prediction(passages=["a cat sat"]), None)
     assert flat.value == 1.0
     assert re.search(r"'cat' is in the retrieved passages", flat.feedback)
+
+
+def test_numeric_match_and_all_of_carry_feedback_to_the_node_at_fault() -> None:
+    wrong = numeric_match()(Example(answer="2,525"), Prediction(answer="about 2,500 miles"))
+    assert wrong.feedback == "Wrong answer: expected 2525, got 2500 (from 'about 2,500 miles')."
+    assert numeric_match()(Example(answer="72"), Prediction(answer="$72.00"))
+    none = numeric_match()(Example(answer="72"), Prediction(answer="seventy"))
+    assert none.feedback == "Expected the number 72; answer 'seventy' holds none."
+    trace = Trace()
+    trace.records.append(NodeRecord(node="hop1", kind="Predict", outputs={"query": "Who is X?"}))
+    metric = all_of(exact_match(), distinct_from_question("hop1"))
+    score = metric(Example(question="who is x", answer="A"), Prediction(answer="B"), trace)
+    assert score.value == 0.0
+    assert "Wrong answer: expected 'A', got 'B'." in score.feedback
+    assert score.node_feedback == {
+        "hop1": "The query repeated the question ('Who is X?') instead of narrowing it."
+    }
+    trace.records[0].outputs["query"] = "X biography"
+    passed = metric(Example(question="who is x", answer="A"), Prediction(answer="A"), trace)
+    assert passed.value == 1.0
+    assert passed.node_feedback == {}
