@@ -424,6 +424,8 @@ def retrieval_recall(
         if blamed:
             text += "; blamed on " + ", ".join(repr(h.node) for h in blamed)
             text += ". " + "; ".join(_hop_summary(h) for h in hops)
+        elif not hops:
+            text += "; no retrieval node ran"
         return Score(value, text + ".", notes)
 
     metric.__name__ = f"retrieval_recall({label})"

@@ -160,6 +160,8 @@ def test_recall_reads_typed_passages_from_the_prediction() -> None:
     assert score.node_feedback == {}
     with pytest.raises(ValueError, match="use one of title, id, text"):
         retrieval_recall(by="url")
+    empty = retrieval_recall()(Example(supporting=["Nile"]), Prediction(answer="a"), Trace())
+    assert empty.feedback == "Missed supporting 'Nile' (1 of 1); no retrieval node ran."
     with pytest.raises(KeyError, match="no trace"):
         retrieval_recall()(Example(supporting=["x"]), Prediction(answer="a"))
 
