@@ -3,8 +3,13 @@
 ``Retrieve(retriever, k=3)`` reads ``query`` and writes ``passages``. In
 multi-hop programs the passages found by earlier hops can be fed back in
 (``exclude="context"``): those are skipped and the search reaches further, so
-every hop adds ``k`` new passages. The ids and scores of what was found are
-written to the node's trace record when the record has a ``details`` dict.
+every hop adds ``k`` new passages. The ids, titles and scores of what was
+found are written to the node's trace record when the record has a
+``details`` dict, so retrieval metrics can name a missed document.
+
+Besides the texts, a node can output the ids (``ids_output=``) or the whole
+typed passages (``typed_output=``: :class:`~rhizome.tools.retrieval.retrievers.Passage`
+records with id, text, score and metadata, the title included).
 """
 
 from __future__ import annotations
@@ -31,6 +36,15 @@ def _norm(text: str) -> str:
     return " ".join(text.split())
 
 
+def _detail(p: Passage) -> dict[str, Any]:
+    row: dict[str, Any] = {"id": p.id, "score": p.score}
+    if p.title:
+        row["title"] = p.title
+    if p.metadata.get("doc_id"):
+        row["doc_id"] = str(p.metadata["doc_id"])
+    return row
+
+
 class Retrieve(Node):
     """A node that searches a retriever.
 
@@ -44,6 +58,9 @@ class Retrieve(Node):
             results are merged, each passage ranked by its best score.
         output: Name of the output listing the passage texts.
         ids_output: Also output the passage ids under this name.
+        typed_output: Also output the passages as typed
+            :class:`~rhizome.tools.retrieval.retrievers.Passage` records (id,
+            text, score, metadata) under this name.
         exclude: Name of an input listing passages (texts) to skip, such as the
             context gathered by earlier hops.
         where: Metadata filter passed to every search.
@@ -66,6 +83,7 @@ class Retrieve(Node):
         queries: str | None = None,
         output: str = "passages",
         ids_output: str | None = None,
+        typed_output: str | None = None,
         exclude: str | None = None,
         where: dict[str, Any] | None = None,
         dedupe: bool = True,
@@ -86,7 +104,10 @@ class Retrieve(Node):
         self._exclude = exclude
         self._output = output
         self._ids_output = ids_output
-        names = [n for n in (self._query, exclude, output, ids_output) if n is not None]
+        self._typed_output = typed_output
+        names = [
+            n for n in (self._query, exclude, output, ids_output, typed_output) if n is not None
+        ]
         if len(set(names)) != len(names):
             raise ConfigError(f"Retrieve field names must differ; got {', '.join(names)}")
 
@@ -115,11 +136,15 @@ class Retrieve(Node):
 
     @property
     def outputs(self) -> Mapping[str, Field]:
-        """The passage texts and, if set, their ids."""
+        """The passage texts and, if set, their ids and the typed passages."""
         fields = {self._output: Field(self._output, list[str], "retrieved passages", False)}
         if self._ids_output is not None:
             fields[self._ids_output] = Field(
                 self._ids_output, list[str], "ids of the retrieved passages", False
+            )
+        if self._typed_output is not None:
+            fields[self._typed_output] = Field(
+                self._typed_output, list[Passage], "the retrieved passages, typed", False
             )
         return fields
 
@@ -134,10 +159,12 @@ class Retrieve(Node):
         record = current_record()
         details = getattr(record, "details", None)
         if isinstance(details, dict):
-            details["retrieved"] = [{"id": p.id, "score": p.score} for p in found]
+            details["retrieved"] = [_detail(p) for p in found]
         out: dict[str, Any] = {self._output: [p.text for p in found]}
         if self._ids_output is not None:
             out[self._ids_output] = [p.id for p in found]
+        if self._typed_output is not None:
+            out[self._typed_output] = found
         return out
 
     async def _gather(self, queries: list[str], k: int, skip: set[str]) -> list[Passage]:

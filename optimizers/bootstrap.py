@@ -6,6 +6,14 @@ demo from that same trace — its own inputs and outputs, intermediate fields
 and reasoning included. Traces that fail the metric give nothing, so a node
 never learns from a run that ended wrong. Extra rounds ask the LM for fresh
 samples (a new sample index) rather than cached replies.
+
+How many demos a node gets (DSPy's rule): first its bootstrapped demos, at
+most ``max_bootstrapped_demos``; then labelled demos fill the remaining places
+up to ``max_labeled_demos``. So ``max_labeled_demos`` is the size a node's demo
+list is filled to, not a count added on top: with ``(2, 2)`` a node holds 2
+demos (2 bootstrapped, or 1 bootstrapped and 1 labelled ...), with ``(2, 4)``
+it holds 4, and with ``(4, 2)`` it holds its up to 4 bootstrapped demos and no
+labelled one (bootstrapped demos are never dropped to make room).
 """
 
 from __future__ import annotations
@@ -52,8 +60,10 @@ class BootstrapFewShot:
     Args:
         metric: ``metric(example, prediction, trace) -> float | bool``.
         threshold: A trace is kept when its score is at least this.
-        max_bootstrapped_demos: Demos from successful traces, per predictor.
-        max_labeled_demos: Labelled demos added after them, per predictor.
+        max_bootstrapped_demos: Most demos from successful traces, per predictor.
+        max_labeled_demos: The size labelled demos fill each predictor's demo
+            list up to, after its bootstrapped demos (DSPy's rule; see the
+            module docstring). 0 adds no labelled demo.
         max_rounds: Passes over the trainset; each later pass draws fresh samples.
         teacher: A graph of the same shape to run instead of the student.
         concurrency: Examples in flight while bootstrapping.
@@ -106,10 +116,9 @@ class BootstrapFewShot:
         self._recorder = RunRecorder.create(self.run_dir, kind="bootstrap", config=self._config())
         demos, used = await self._bootstrap(teacher, examples, paths)
         rest = [e for i, e in enumerate(examples) if i not in used]
-        keep = self.max_labeled_demos
         student.set_parameters(
             {
-                f"{path}.demos": demos[path] + labeled_demos(predictor, rest)[:keep]
+                f"{path}.demos": self._fill(demos[path], labeled_demos(predictor, rest))
                 for path, predictor in student.named_predictors()
             }
         )
@@ -117,6 +126,13 @@ class BootstrapFewShot:
             self._recorder.write_program(student)
             self._recorder.finish(dataclasses.asdict(self.report))
         return student
+
+    def _fill(
+        self, booted: list[dict[str, Any]], labelled: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Bootstrapped demos first, then labelled ones up to ``max_labeled_demos`` in all."""
+        booted = booted[: self.max_bootstrapped_demos]
+        return booted + labelled[: max(0, self.max_labeled_demos - len(booted))]
 
     def _config(self) -> dict[str, Any]:
         return {

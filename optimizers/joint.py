@@ -38,7 +38,7 @@ from rhizome.engine.errors import ConfigError
 from rhizome.optimizers.base import as_examples
 from rhizome.optimizers.evaluate import score_candidate
 from rhizome.optimizers.metrics import Metric, metric_name
-from rhizome.optimizers.propose import propose_instructions
+from rhizome.optimizers.propose import instruction_scores, propose_instructions
 from rhizome.optimizers.records import RunRecorder
 from rhizome.optimizers.space import (
     SearchSpace,
@@ -79,7 +79,8 @@ class SearchSpaceConfig:
         num_demo_sets: Bootstrapped demo sets per node (besides as given,
             zero-shot and labelled).
         max_bootstrapped_demos: Most bootstrapped demos in one set.
-        max_labeled_demos: Labelled demos in the labelled set and after bootstraps.
+        max_labeled_demos: Labelled demos in the labelled set; bootstrapped sets are
+            filled up to this many with labelled demos.
         temperatures: Candidate temperatures per node (none: not searched).
         ks: Candidate ``k`` for nodes with a ``k`` attribute (none: not searched).
         lms: Candidate LMs per node (none: not searched).
@@ -183,8 +184,8 @@ class JointSearch:
         num_demo_sets: Bootstrapped demo sets per node (besides as given,
             zero-shot and labelled; default 4).
         max_bootstrapped_demos: Most bootstrapped demos in one set (default 4).
-        max_labeled_demos: Labelled demos in the labelled set and after
-            bootstraps (default 4).
+        max_labeled_demos: Labelled demos in the labelled set; bootstrapped
+            sets are filled up to this many with labelled demos (default 4).
         temperatures: Candidate temperatures per node (none: not searched).
         ks: Candidate ``k`` for nodes with a ``k`` attribute (none: not searched).
         lms: Candidate LMs per node (none: not searched).
@@ -426,6 +427,8 @@ class JointSearch:
                 seed=self.seed,
                 summarize=self.summarize,
                 concurrency=self.concurrency,
+                # Proposing again (a later optimize call): show what the last search scored.
+                history=instruction_scores(self.space, self.history) if self.space else None,
             )
         dims = []
         for path, predictor in graph.named_predictors():

@@ -1,14 +1,18 @@
 """Instruction proposal: a prompt model writes candidate instructions for each LM node.
 
-Each proposal is grounded in three things: where the node sits in the graph
-(its signature, what feeds each input and what each output feeds), what the
-data looks like (a statistical summary of the trainset, plus an LM-written one
-when asked), and demos that worked (bootstrapped or labelled). A rotating
-"tip" (be concise, describe the procedure, warn about mistakes ...) makes the
-proposals differ from each other.
+Each proposal is grounded, as in MIPROv2, in: where the node sits in the
+graph (the whole program, the node's signature, what feeds each input and what
+each output feeds), what the data looks like (a statistical summary of the
+trainset, plus an LM-written one when asked), demos that worked (bootstrapped
+or labelled), the instructions tried for the node before with the score each
+reached (when proposing again), and a "tip" (be concise, describe the
+procedure, warn about mistakes ...) drawn per node from a seeded rotation, so
+the proposals differ from each other.
 
 The prompt model is driven by small graphs of its own (one Predict node each),
-so its calls are traced, cached and limited like any other run.
+so its calls go through the one LM call path: traced, cached, limited and
+counted like any other run. The prompt model may be a different (larger) LM
+than the one the program runs on.
 """
 
 from __future__ import annotations
@@ -34,12 +38,16 @@ from rhizome.optimizers.records import RunRecorder
 
 if TYPE_CHECKING:
     from rhizome.engine.client.protocol import LM
+    from rhizome.optimizers.space import SearchSpace
+    from rhizome.optimizers.trials import Trial
 
 __all__ = (
     "COPRO",
     "format_attempts",
     "format_demos",
+    "format_history",
     "improver",
+    "instruction_scores",
     "propose_instructions",
     "propose_one",
     "summarize_data",
@@ -60,13 +68,17 @@ TIPS = (
 PROPOSE_INSTRUCTION = (
     "You write the instruction for one step of a program made of language-model calls. "
     "Read how the program is wired, the step's inputs and outputs and where they come "
-    "from and go to, a summary of the data, and examples of the step working well. Then "
-    "write a new instruction for this step that will make it produce better outputs. "
-    "Follow the tip if one is given. Write only the instruction itself."
+    "from and go to, a summary of the data, and examples of the step working well. "
+    "Earlier instructions for the step, if any, are listed with the score the program "
+    "reached with each, worst first: do better than the best of them. Then write a new "
+    "instruction for this step that will make it produce better outputs. Follow the tip "
+    "if one is given. Write only the instruction itself."
 )
 PROPOSE_SIGNATURE = (
-    "program, step, data_summary, examples, current_instruction, tip -> proposed_instruction"
+    "program, step, data_summary, examples, current_instruction, earlier_instructions, tip "
+    "-> proposed_instruction"
 )
+NO_HISTORY = "(none yet)"
 IMPROVE_INSTRUCTION = (
     "You improve the instruction for one step of a program made of language-model calls. "
     "Earlier instructions are listed with the score the program reached with each, "
@@ -134,6 +146,7 @@ async def propose_instructions(
     temperature: float | None = 1.0,
     concurrency: int = 8,
     tips: Sequence[str] = TIPS,
+    history: Mapping[str, Sequence[tuple[str, float]]] | None = None,
 ) -> dict[str, list[str]]:
     """Propose candidate instructions for every LM node of ``graph``.
 
@@ -151,6 +164,9 @@ async def propose_instructions(
         temperature: Sampling temperature of the prompt model.
         concurrency: Proposals in flight at once.
         tips: Style hints rotated across proposals.
+        history: Per predictor path, instructions tried before and the score
+            each reached (:func:`instruction_scores` reads them from a search);
+            shown to the prompt model so it can beat them.
 
     Returns:
         Per predictor path, distinct candidate instructions (the current one
@@ -175,6 +191,7 @@ async def propose_instructions(
                 "data_summary": data_summary,
                 "examples": format_demos(shuffled(shown, seed + i)),
                 "current_instruction": predictor.instruction,
+                "earlier_instructions": format_history((history or {}).get(path, ())),
                 "tip": tips[(offset + i) % len(tips)] if tips else "",
             }
             jobs.append((path, i, inputs))
@@ -234,6 +251,32 @@ def _assemble(
         ordered = [found.get(path, {})[i] for i in sorted(found.get(path, {}))]
         candidates = [predictor.instruction, *ordered] if include_original else ordered
         out[path] = list(dict.fromkeys(c.strip() for c in candidates if c.strip()))
+    return out
+
+
+def format_history(attempts: Sequence[tuple[str, float]], limit: int = 8) -> str:
+    """Scored earlier instructions for the proposal prompt, or a note that there are none."""
+    return format_attempts(attempts, limit) if attempts else NO_HISTORY
+
+
+def instruction_scores(
+    space: SearchSpace, trials: Sequence[Trial]
+) -> dict[str, list[tuple[str, float]]]:
+    """Per predictor path, each instruction a search tried and its mean score.
+
+    Minibatch trials and full evaluations are averaged together; instructions
+    no trial chose are left out. This is what a search shows its prompt model
+    when it proposes again (``history=`` of :func:`propose_instructions`).
+    """
+    out: dict[str, list[tuple[str, float]]] = {}
+    for dim in space.dims:
+        if dim.slot != "instruction":
+            continue
+        scores: dict[int, list[float]] = {}
+        for trial in trials:
+            if dim.name in trial.config:
+                scores.setdefault(trial.config[dim.name], []).append(trial.score)
+        out[dim.path] = [(str(dim.options[i]), sum(v) / len(v)) for i, v in sorted(scores.items())]
     return out
 
 

@@ -59,8 +59,9 @@ class RandomSearch:
         metric: ``metric(example, prediction, trace) -> float | bool``.
         num_candidates: Extra bootstraps with random seeds and sizes.
         max_bootstrapped_demos: Most bootstrapped demos per predictor.
-        max_labeled_demos: Labelled demos per predictor (labelled candidate, and
-            after bootstrapped demos).
+        max_labeled_demos: Labelled demos per predictor in the labelled
+            candidate; in a bootstrapped one, labelled demos fill each
+            predictor's demos up to this many.
         valset: Examples to score on (the trainset when None, which favours
             programs that memorise it).
         threshold: Score at or above which an example passes.

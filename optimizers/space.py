@@ -264,7 +264,8 @@ async def demo_candidates(
 
     Bootstrap ``i`` shuffles the trainset with ``seed + i`` and keeps a random
     number (1 to ``max_bootstrapped_demos``) of bootstrapped demos; the first
-    keeps the maximum.
+    keeps the maximum. Labelled demos fill each bootstrapped set up to
+    ``max_labeled_demos`` (as in :class:`~rhizome.optimizers.bootstrap.BootstrapFewShot`).
     """
     out: dict[str, list[tuple[str, Demos]]] = {
         path: [("as given", list(p.demos)), ("zero-shot", [])]

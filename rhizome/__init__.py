@@ -88,6 +88,7 @@ from rhizome.optimizers.metrics import Score as Score
 from rhizome.optimizers.metrics import answer_in_passages as answer_in_passages
 from rhizome.optimizers.metrics import exact_match as exact_match
 from rhizome.optimizers.metrics import numeric_match as numeric_match
+from rhizome.optimizers.metrics import retrieval_recall as retrieval_recall
 from rhizome.optimizers.metrics import token_f1 as token_f1
 from rhizome.optimizers.propose import COPRO as COPRO
 from rhizome.optimizers.propose import propose_instructions as propose_instructions
@@ -212,6 +213,7 @@ __all__ = (
     "mcp_tools",
     "numeric_match",
     "propose_instructions",
+    "retrieval_recall",
     "route_to",
     "token_f1",
     "tool",

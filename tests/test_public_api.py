@@ -30,6 +30,7 @@ EXPECTED = {
     "AskHuman", "CheckpointStore", "DirectoryCheckpoint", "FanOut", "RunWaiting",
     "SQLiteCheckpoint", "ask_human", "interrupt",
     "CallPolicy",
+    "retrieval_recall",
 }  # fmt: skip
 
 

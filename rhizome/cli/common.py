@@ -54,7 +54,7 @@ LM_HINT = (
     "pass --base-url URL --model NAME (or set RHIZOME_BASE_URL and RHIZOME_MODEL_NAME) "
     "for an OpenAI-compatible server, or --local for the embedded model"
 )
-METRICS = ("exact_match", "token_f1", "numeric_match", "answer_in_passages")
+METRICS = ("exact_match", "token_f1", "numeric_match", "answer_in_passages", "retrieval_recall")
 
 # Shorthands every command module uses to register its sub-parsers.
 if TYPE_CHECKING:

@@ -48,8 +48,9 @@ EVAL_HELP = """\
 Score the program on a JSONL dev set with a metric: the mean score with a 95%
 interval, failures, LM calls and time, and per-slice scores (--tag-field).
 
-metrics: exact_match, token_f1, numeric_match, answer_in_passages, each with an
-optional :FIELD (exact_match:answer), or MODULE:FUNCTION(example, prediction, trace).
+metrics: exact_match, token_f1, numeric_match, answer_in_passages, retrieval_recall,
+each with an optional :FIELD (exact_match:answer; retrieval_recall:supporting names the
+field listing supporting titles), or MODULE:FUNCTION(example, prediction, trace).
 
 example:
   rhizome eval rhizome.examples:build dev.jsonl --metric exact_match:answer --run-dir runs/qa-eval
@@ -104,7 +105,12 @@ def add_parsers(sub: Sub) -> None:
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="bootstrap", help="how to tune")
     p.add_argument("--trials", type=positive, default=8, help="random: candidates; joint: trials")
     p.add_argument("--demos", type=int, default=3, help="bootstrapped demos per LM node")
-    p.add_argument("--labeled", type=int, default=0, help="labelled demos per node (labeled: 4)")
+    p.add_argument(
+        "--labeled",
+        type=int,
+        default=0,
+        help="labelled demos fill each node's demos up to this many (labeled: 4 demos)",
+    )
     p.add_argument("--propose", action="store_true", help="joint: LM proposes instructions")
     p.add_argument("--budget-calls", type=positive, help="joint: stop after this many LM calls")
     p.add_argument("--seed", type=int, default=0, help="makes the run repeatable")

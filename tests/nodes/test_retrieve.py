@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from rhizome.engine.errors import ConfigError
+from rhizome.engine.example import Example
 from rhizome.engine.graphs.graph import Graph
 from rhizome.engine.trace import NodeRecord, node_record
 from rhizome.nodes.retrieve import Retrieve
+from rhizome.optimizers.metrics import retrieval_recall
 from rhizome.tools.retrieval.chroma import ChromaRetriever
 from rhizome.tools.retrieval.embeddings import MiniLMEmbedder
 from rhizome.tools.retrieval.indexing import index_documents
@@ -124,6 +127,26 @@ async def test_ids_and_scores_go_to_a_record_with_details(rivers: InMemoryRetrie
     assert rivers.existing_ids([r["id"] for r in retrieved]) == {r["id"] for r in retrieved}
 
 
+async def test_typed_output_gives_ids_titles_and_metadata(rivers: InMemoryRetriever) -> None:
+    node = Retrieve(rivers, k=2, typed_output="found")
+    assert list(node.outputs) == ["passages", "found"]
+    assert node.outputs["found"].annotation == list[Passage]
+    out = await node.forward(query="river flows through London")
+    first = out["found"][0]
+    assert isinstance(first, Passage)
+    assert (first.title, first.metadata["doc_id"]) == ("Thames", "thames")
+    assert [p.text for p in out["found"]] == out["passages"]
+    with pytest.raises(ConfigError, match="must differ"):
+        Retrieve(rivers, typed_output="passages")
+
+
+async def test_the_in_memory_store_keeps_a_title_given_with_a_text() -> None:
+    store = InMemoryRetriever([{"id": "n", "title": "Nile", "text": "It flows through Egypt."}])
+    (found,) = await store.search("Egypt", 1)
+    assert (found.id, found.title) == ("n", "Nile")
+    assert Passage("x", "no title").title == ""
+
+
 def test_k_is_a_tunable_attribute_and_copies_share_the_retriever(
     rivers: InMemoryRetriever,
 ) -> None:
@@ -198,3 +221,30 @@ async def test_a_failing_search_raises_its_own_error_not_a_group() -> None:
     assert (await node.forward(queries=["a", "b"]))["passages"] == ["about a", "about b"]
     with pytest.raises(RuntimeError, match="index offline"):
         await node.forward(queries=["a", "bad", "c"])
+
+
+async def test_typed_passages_from_chroma_reach_outputs_trace_and_metrics(
+    chroma_rivers: ChromaRetriever,
+) -> None:
+    g = Graph("one").add("search", Retrieve(chroma_rivers, k=2, typed_output="found"))
+    prediction = await g.run(query="the river that flows through London")
+    found = prediction["found"]
+    assert found[0].title == "Thames"
+    assert found[0].metadata["doc_id"] == "thames"
+    assert found[0].id != "thames"  # the id of the stored chunk; doc_id names the document
+    record = prediction.trace.node("search")
+    assert record.details["retrieved"][0] == {
+        "id": found[0].id,
+        "score": found[0].score,
+        "title": "Thames",
+        "doc_id": "thames",
+    }
+    saved = json.loads(prediction.trace.to_json())
+    assert saved["records"][0]["outputs"]["found"][0]["metadata"]["title"] == "Thames"
+    # Retrieval metrics name documents by title or id, read from the typed output.
+    by_id = retrieval_recall("gold", by="id")(
+        Example(gold=["thames", "volga"]), prediction, prediction.trace
+    )
+    assert by_id.value == 0.5
+    assert "Missed supporting 'volga'" in by_id.feedback
+    assert "found 'Thames'" in by_id.feedback

@@ -84,13 +84,34 @@ async def test_bootstrap_keeps_only_traces_whose_metric_passed() -> None:
 
 async def test_bootstrap_adds_labeled_demos_from_unused_examples() -> None:
     lm = FakeLM(responder)
-    opt = BootstrapFewShot(exact_match(), max_bootstrapped_demos=1, max_labeled_demos=2, lm=lm)
+    opt = BootstrapFewShot(exact_match(), max_bootstrapped_demos=1, max_labeled_demos=3, lm=lm)
     new = await opt.optimize(build(), trainset())
     demos = new.nodes["answer"].predictor.demos
     assert len(demos) == 3
     assert "context" in demos[0]
     assert set(demos[1]) == {"question", "answer"}
     assert demos[1]["question"] != demos[0]["question"]
+
+
+@pytest.mark.parametrize(
+    ("max_booted", "max_labeled", "expected"),
+    [(2, 2, (2, 0)), (1, 2, (1, 1)), (2, 4, (2, 2)), (4, 2, (4, 0)), (2, 0, (2, 0))],
+)
+async def test_labelled_demos_fill_up_to_max_labeled_demos(
+    max_booted: int, max_labeled: int, expected: tuple[int, int]
+) -> None:
+    """DSPy's rule: bootstrapped first, then labelled ones until ``max_labeled_demos`` in all."""
+    opt = BootstrapFewShot(
+        exact_match(),
+        max_bootstrapped_demos=max_booted,
+        max_labeled_demos=max_labeled,
+        lm=FakeLM(responder),
+    )
+    demos = (await opt.optimize(build(), trainset())).nodes["answer"].predictor.demos
+    from_traces = [d for d in demos if "context" in d]
+    assert (len(from_traces), len(demos) - len(from_traces)) == expected
+    assert demos[: len(from_traces)] == from_traces  # bootstrapped ones come first
+    assert len({d["question"] for d in demos}) == len(demos)  # labelled ones are other examples
 
 
 async def test_extra_rounds_ask_for_fresh_samples() -> None:

@@ -37,7 +37,7 @@ def test_exact_match_names_missing_field() -> None:
 
 def test_token_f1_partial_credit() -> None:
     score = token_f1()(Example(answer="Orla Vennet"), Prediction(answer="Vennet"))
-    assert score == pytest.approx(2 * 1.0 * 0.5 / 1.5)
+    assert float(score) == pytest.approx(2 * 1.0 * 0.5 / 1.5)
 
 
 def test_numeric_match_reads_last_number() -> None:

@@ -66,6 +66,11 @@ class Passage:
     score: float = 0.0
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
+    @property
+    def title(self) -> str:
+        """The ``title`` metadata ("" when the store keeps none)."""
+        return str(self.metadata.get("title") or "")
+
 
 @runtime_checkable
 class Retriever(Protocol):
@@ -194,10 +199,10 @@ class InMemoryRetriever:
         self.add(documents)
 
     def add(self, documents: Iterable[str | Mapping[str, Any]]) -> list[str]:
-        """Add passages (strings or ``{"text", "id"?, "metadata"?}`` dicts); return their ids.
+        """Add passages (strings or ``{"text", "id"?, "title"?, "metadata"?}`` dicts); return ids.
 
         Passages without an id get one derived from their text, so adding the
-        same text twice keeps one copy.
+        same text twice keeps one copy. A ``title`` is kept in the metadata.
         """
         ids, texts, metas = [], [], []
         for doc in documents:
@@ -208,7 +213,10 @@ class InMemoryRetriever:
             text = str(doc["text"])
             ids.append(document_id(doc, text))
             texts.append(text)
-            metas.append(dict(doc.get("metadata") or {}))
+            meta = dict(doc.get("metadata") or {})
+            if doc.get("title"):
+                meta.setdefault("title", str(doc["title"]))
+            metas.append(meta)
         self.upsert(ids, texts, metas)
         return ids
 
