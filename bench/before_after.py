@@ -27,7 +27,8 @@ from run import HERE, Bench, machine
 def _revision(python: str) -> str:
     """The git commit of the checkout that ``python``'s environment has installed."""
     code = "import rhizome, pathlib; print(pathlib.Path(rhizome.__file__).resolve().parents[1])"
-    root = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
+    # run from / so that this checkout's folders do not shadow the installed package
+    root = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True, cwd="/")
     folder = root.stdout.strip()
     head = subprocess.run(["git", "-C", folder, "rev-parse", "--short", "HEAD"], text=True,
                           capture_output=True, check=True)  # fmt: skip
