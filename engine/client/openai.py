@@ -50,7 +50,7 @@ from pydantic import ValidationError
 
 from rhizome.engine.client.cache import ResponseCache, default_cache
 from rhizome.engine.client.connections import USER_AGENT as USER_AGENT
-from rhizome.engine.client.connections import Connections, LoopState
+from rhizome.engine.client.connections import Connections, LoopState, SharedLimiter
 from rhizome.engine.client.options import grouped
 from rhizome.engine.client.protocol import Capabilities, HistoryEntry, LMRequest, LMResponse
 from rhizome.engine.client.retry import Failure, RetryPolicy, backoff_wait, status_failure
@@ -323,6 +323,25 @@ class OpenAILM:
         """The response cache in use, or None."""
         return self._cache
 
+    @property
+    def api_key_env(self) -> str:
+        """The environment variable the API key is read from."""
+        return self._api_key_env
+
+    @property
+    def sends_key(self) -> bool:
+        """True when requests carry an API key (the key itself is never exposed)."""
+        return bool(self._secret)
+
+    @property
+    def limiter(self) -> SharedLimiter:
+        """The cap on this client's requests in flight, shared by all its callers."""
+        return self._conns.limiter
+
+    def use_limiter(self, limiter: SharedLimiter) -> None:
+        """Take request slots from ``limiter`` instead (a cluster-wide cap wraps the client's)."""
+        self._conns.limiter = limiter
+
     def __deepcopy__(self, memo: dict[int, Any]) -> OpenAILM:
         return self  # a handle on a shared endpoint (its limiter, pools, usage): never copied
 
@@ -428,7 +447,7 @@ class OpenAILM:
                 limiter.relax()
                 return outcome
             if outcome.status == 429:
-                limiter.throttle()
+                limiter.throttle(outcome.retry_after)
             attempts += 1
             if not outcome.retryable or attempts > self._max_retries:
                 raise outcome.error(attempts)

@@ -1,0 +1,110 @@
+"""The Ray Data actor of a distributed batch: one graph, one LM client, many examples at once.
+
+Ray Data builds one :class:`BatchWorker` per actor of the pool (``map_batches``
+with ``compute=ActorPoolStrategy``) and calls it with batches of input rows.
+The worker rebuilds the graph from its :class:`~.spec.ProgramSpec`, keeps one
+LM client (its connection pool and cache) for its whole life, and runs each
+batch through the engine's own async batch
+(:func:`~rhizome.engine.batches.batch.stream_batch`): a failing example is
+recorded in its row's ``error`` column and never fails the batch.
+
+Rows in and out are plain columns: ``index`` and ``example`` (JSON text) in;
+``index``, ``key``, ``ok``, ``outputs`` and ``error`` (JSON text, or None),
+``usage`` (JSON text) and ``node`` (the Ray node that ran it) out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rhizome.engine.batches.batch import BatchResult, stream_batch
+from rhizome.engine.client.protocol import LM
+from rhizome.engine.distributed.gate import GatedLimiter
+from rhizome.engine.distributed.spec import LMSpec, ProgramSpec
+from rhizome.engine.trace import jsonable
+
+__all__ = ("COLUMNS", "BatchWorker", "result_row")
+
+COLUMNS = ("index", "key", "ok", "outputs", "error", "usage", "node")
+
+
+def result_row(result: BatchResult, key: str, node: str) -> dict[str, Any]:
+    """One output row of a distributed batch (the columns of :data:`COLUMNS`)."""
+    prediction = result.prediction
+    outputs = json.dumps(jsonable(dict(prediction))) if prediction is not None else None
+    usage = result.trace.usage() if result.trace is not None else {}
+    return {
+        "index": result.index,
+        "key": key,
+        "ok": result.ok,
+        "outputs": outputs,
+        "error": json.dumps(jsonable(result.error)) if result.error is not None else None,
+        "usage": json.dumps(usage),
+        "node": node,
+    }
+
+
+class BatchWorker:
+    """A pool actor running batches of one program (see the module docstring).
+
+    Args:
+        program: The graph to rebuild.
+        lm: The default LM's settings, or None when the graph binds its own.
+        coordinator: The run's coordinator actor (shared cap and ledger), or None.
+        concurrency: Examples in flight at once per batch call.
+        gated: Take a permit from the coordinator's cluster-wide cap before each request.
+    """
+
+    def __init__(
+        self,
+        program: ProgramSpec,
+        lm: LMSpec | None,
+        coordinator: Any,
+        concurrency: int,
+        gated: bool,
+    ) -> None:
+        import ray
+
+        self.graph = program.build()
+        client = lm.build() if lm is not None else None
+        if gated and client is not None:
+            client.use_limiter(GatedLimiter(client.limits.max_concurrency, coordinator))
+        self.lm: LM | None = client
+        self.coordinator = coordinator
+        self.concurrency = concurrency
+        self.node = ray.get_runtime_context().get_node_id()
+
+    async def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+        """Run one batch of rows; rows the ledger already holds are not run again."""
+        indices = [int(i) for i in batch["index"]]
+        keys = [str(k) for k in batch["key"]]
+        examples = [json.loads(text) for text in batch["example"]]
+        done: dict[str, dict[str, Any]] = await self.coordinator.lookup.remote(keys)
+        rows = [done[k] for k in keys if k in done]
+        todo = [(i, k, e) for i, k, e in zip(indices, keys, examples, strict=True) if k not in done]
+        rows += await self._run(todo)
+        return {name: [row[name] for row in rows] for name in COLUMNS}
+
+    async def _run(self, todo: list[tuple[int, str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        if not todo:
+            return rows
+        stream = stream_batch(
+            self.graph,
+            [example for _, _, example in todo],
+            concurrency=self.concurrency,
+            lm=self.lm,
+            progress=False,
+        )
+        async with contextlib.aclosing(stream) as results:
+            async for result in results:
+                index, key, _ = todo[result.index]
+                result.index = index
+                row = result_row(result, key, self.node)
+                if result.ok:  # the ledger keeps successes only: failures run again
+                    self.coordinator.record.remote(key, row)
+                rows.append(row)
+        return rows
