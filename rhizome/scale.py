@@ -15,6 +15,9 @@ object. The LM's ``max_concurrency`` holds for the whole cluster, a 429 slows
 every worker, a dead worker's examples run again elsewhere, and ``run_dir``
 resumes an interrupted run as ``graph.batch`` does.
 
+:class:`RayExecutor` keeps such a pool for evaluations and optimizer trials:
+``Evaluate(..., executor=pool)`` and ``JointSearch(..., executor=pool)``.
+
 Ray is an optional extra: ``pip install "rhizome[ray]"``. ``import rhizome``
 never imports it; calling into Ray without it raises
 :class:`RayMissingError` naming the extra.
@@ -22,9 +25,10 @@ never imports it; calling into Ray without it raises
 
 from __future__ import annotations
 
+from rhizome.engine.distributed.executor import RayExecutor as RayExecutor
 from rhizome.engine.distributed.ray_import import RayMissingError as RayMissingError
 from rhizome.engine.distributed.runner import RayOptions as RayOptions
 from rhizome.engine.distributed.runner import ray_batch as ray_batch
 from rhizome.engine.distributed.runner import ray_map as ray_map
 
-__all__ = ("RayMissingError", "RayOptions", "ray_batch", "ray_map")
+__all__ = ("RayExecutor", "RayMissingError", "RayOptions", "ray_batch", "ray_map")

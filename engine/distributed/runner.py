@@ -25,7 +25,7 @@ from rhizome.engine.client.protocol import LM
 from rhizome.engine.distributed.gate import Coordinator
 from rhizome.engine.distributed.ray_import import require_ray
 from rhizome.engine.distributed.sources import RowWriter, Source, examples_of
-from rhizome.engine.distributed.spec import Factory, LMSpec, ProgramSpec
+from rhizome.engine.distributed.spec import Factory, LMSpec, ProgramSpec, ledger_scope
 from rhizome.engine.distributed.worker import BatchWorker
 from rhizome.engine.errors import ConfigError
 from rhizome.engine.example import Prediction
@@ -186,6 +186,7 @@ def _fan_out(
     pool = dataclasses.replace(options, actors=min(options.actors, blocks))
     mapped = ray_map(dataset, program, lm=lm, options=pool, coordinator=coordinator)
     examples = {i: e for i, _, e in todo}
+    scope = ledger_scope(program, spec)
     seen: set[int] = set()
     bar = Progress(len(todo), enabled=progress, label=label)
     try:
@@ -196,7 +197,7 @@ def _fan_out(
                 if index in seen:  # a retried batch's row that already arrived
                     continue
                 seen.add(index)
-                finished.append(row["key"])
+                finished.append(f"{scope}:{row['key']}")
                 result = _result(row, examples[index])
                 bar.update(ok=result.ok)
                 yield result, str(row["node"]), json.loads(row["usage"])

@@ -12,6 +12,7 @@ variable name the LM is configured with.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -24,7 +25,7 @@ from rhizome.engine.client.retry import RetryPolicy
 from rhizome.engine.errors import ConfigError
 from rhizome.engine.graphs.graph import Graph
 
-__all__ = ("Factory", "LMSpec", "ProgramSpec", "factory_name")
+__all__ = ("Factory", "LMSpec", "ProgramSpec", "factory_name", "ledger_scope")
 
 Factory = str | Callable[[], Graph]
 
@@ -178,3 +179,13 @@ class LMSpec:
                 "every worker, never the key inside a serialized object)"
             )
         return {lm.api_key_env: key}
+
+
+def ledger_scope(program: ProgramSpec, lm: LMSpec | None) -> str:
+    """What a finished row depends on besides its example: the program and the LM.
+
+    The coordinator's ledger keys rows by ``scope:example-key``, so candidates
+    of a search scoring the same examples at once never take each other's rows.
+    """
+    text = repr((program, lm))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

@@ -16,27 +16,33 @@ Rows in and out are plain columns: ``index`` and ``example`` (JSON text) in;
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rhizome.engine.batches.batch import BatchResult, stream_batch
+from rhizome.engine.client.openai import OpenAILM
 from rhizome.engine.client.protocol import LM
 from rhizome.engine.distributed.gate import GatedLimiter
-from rhizome.engine.distributed.spec import LMSpec, ProgramSpec
+from rhizome.engine.distributed.spec import LMSpec, ProgramSpec, ledger_scope
 from rhizome.engine.trace import jsonable
 
-__all__ = ("COLUMNS", "BatchWorker", "result_row")
+__all__ = ("COLUMNS", "BatchWorker", "result_row", "shared_client")
 
 COLUMNS = ("index", "key", "ok", "outputs", "error", "usage", "node")
 
 
-def result_row(result: BatchResult, key: str, node: str) -> dict[str, Any]:
-    """One output row of a distributed batch (the columns of :data:`COLUMNS`)."""
+def result_row(result: BatchResult, key: str, node: str, *, trace: bool = False) -> dict[str, Any]:
+    """One output row of a distributed batch (the columns of :data:`COLUMNS`).
+
+    With ``trace``, the row also holds the run's whole trace as JSON text
+    (``trace``), for callers that judge or learn from traces (evaluations).
+    """
     prediction = result.prediction
     outputs = json.dumps(jsonable(dict(prediction))) if prediction is not None else None
     usage = result.trace.usage() if result.trace is not None else {}
-    return {
+    row = {
         "index": result.index,
         "key": key,
         "ok": result.ok,
@@ -45,6 +51,28 @@ def result_row(result: BatchResult, key: str, node: str) -> dict[str, Any]:
         "usage": json.dumps(usage),
         "node": node,
     }
+    if trace:
+        row["trace"] = result.trace.to_json(indent=None) if result.trace is not None else None
+    return row
+
+
+_CLIENTS: dict[tuple[str, bool], OpenAILM] = {}
+
+
+def shared_client(spec: LMSpec, coordinator: Any, gated: bool) -> OpenAILM:
+    """One LM client per worker process and LM settings, kept for the process's life.
+
+    Every program a worker runs (each candidate of a search) sends through this
+    one client, so its connection pool, cache and limiter are shared.
+    """
+    key = (json.dumps(dataclasses.asdict(spec), sort_keys=True), gated)
+    client = _CLIENTS.get(key)
+    if client is None:
+        client = spec.build()
+        if gated:
+            client.use_limiter(GatedLimiter(client.limits.max_concurrency, coordinator))
+        _CLIENTS[key] = client
+    return client
 
 
 class BatchWorker:
@@ -56,6 +84,7 @@ class BatchWorker:
         coordinator: The run's coordinator actor (shared cap and ledger), or None.
         concurrency: Examples in flight at once per batch call.
         gated: Take a permit from the coordinator's cluster-wide cap before each request.
+        traces: Return each run's trace too (a ``trace`` column).
     """
 
     def __init__(
@@ -65,16 +94,16 @@ class BatchWorker:
         coordinator: Any,
         concurrency: int,
         gated: bool,
+        traces: bool = False,
     ) -> None:
         import ray
 
         self.graph = program.build()
-        client = lm.build() if lm is not None else None
-        if gated and client is not None:
-            client.use_limiter(GatedLimiter(client.limits.max_concurrency, coordinator))
-        self.lm: LM | None = client
+        self.lm: LM | None = shared_client(lm, coordinator, gated) if lm is not None else None
         self.coordinator = coordinator
         self.concurrency = concurrency
+        self.traces = traces
+        self.scope = ledger_scope(program, lm)
         self.node = ray.get_runtime_context().get_node_id()
 
     async def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
@@ -82,11 +111,14 @@ class BatchWorker:
         indices = [int(i) for i in batch["index"]]
         keys = [str(k) for k in batch["key"]]
         examples = [json.loads(text) for text in batch["example"]]
-        done: dict[str, dict[str, Any]] = await self.coordinator.lookup.remote(keys)
+        scoped = [f"{self.scope}:{k}" for k in keys]
+        found: dict[str, dict[str, Any]] = await self.coordinator.lookup.remote(scoped)
+        done = {k: found[s] for k, s in zip(keys, scoped, strict=True) if s in found}
         rows = [done[k] for k in keys if k in done]
         todo = [(i, k, e) for i, k, e in zip(indices, keys, examples, strict=True) if k not in done]
         rows += await self._run(todo)
-        return {name: [row[name] for row in rows] for name in COLUMNS}
+        names = (*COLUMNS, "trace") if self.traces else COLUMNS
+        return {name: [row.get(name) for row in rows] for name in names}
 
     async def _run(self, todo: list[tuple[int, str, dict[str, Any]]]) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
@@ -103,8 +135,8 @@ class BatchWorker:
             async for result in results:
                 index, key, _ = todo[result.index]
                 result.index = index
-                row = result_row(result, key, self.node)
+                row = result_row(result, key, self.node, trace=self.traces)
                 if result.ok:  # the ledger keeps successes only: failures run again
-                    self.coordinator.record.remote(key, row)
+                    self.coordinator.record.remote(f"{self.scope}:{key}", row)
                 rows.append(row)
         return rows

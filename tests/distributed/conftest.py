@@ -1,4 +1,4 @@
-"""A real local Ray cluster for the distributed tests, shared by the whole module.
+"""A real local Ray cluster for the distributed tests, shared by all of them (package scope).
 
 A head node with no CPUs (so no work lands on it) and two one-CPU worker
 nodes, each a separate raylet with its own worker processes, a small object
@@ -62,7 +62,7 @@ class LocalCluster:
         self.cluster.shutdown()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def ray_cluster() -> Iterator[LocalCluster]:
     with pytest.MonkeyPatch.context() as patch:
         # No usage statistics: Ray Data would poll a Prometheus on localhost:9090 from a
