@@ -13,8 +13,8 @@ Permits are leased to a worker process, which beats every second; a process
 that stops beating (its node died) loses its permits after ``ttl`` seconds, so
 a dead worker never holds the cap down for the rest of the run.
 
-The coordinator also keeps the ledger: each finished example's row is
-recorded as soon as it is done, so when Ray retries a batch whose worker died,
+The coordinator also keeps the ledger: finished examples' rows are recorded
+as they finish (a few at a time), so when Ray retries a batch whose worker died,
 the new attempt takes the finished rows from the ledger instead of sending
 their requests again. The driver forgets rows once it has written them.
 """
@@ -153,9 +153,9 @@ class Ledger:
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, Any]] = {}
 
-    def record(self, key: str, row: dict[str, Any]) -> None:
-        """Keep a finished example's row (successes only: failures run again)."""
-        self.rows[key] = row
+    def record(self, rows: dict[str, dict[str, Any]]) -> None:
+        """Keep finished examples' rows by key (successes only: failures run again)."""
+        self.rows.update(rows)
 
     def lookup(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
         """The rows held for ``keys``."""
@@ -209,9 +209,9 @@ class Coordinator:
         figures = self.gate.stats() if self.gate is not None else {}
         return {**figures, "ledger": len(self.ledger.rows)}
 
-    async def record(self, key: str, row: dict[str, Any]) -> None:
+    async def record(self, rows: dict[str, dict[str, Any]]) -> None:
         """See :meth:`Ledger.record`."""
-        self.ledger.record(key, row)
+        self.ledger.record(rows)
 
     async def lookup(self, keys: list[str]) -> dict[str, dict[str, Any]]:
         """See :meth:`Ledger.lookup`."""

@@ -32,6 +32,11 @@ __all__ = ("COLUMNS", "BatchWorker", "result_row", "shared_client")
 
 COLUMNS = ("index", "key", "ok", "outputs", "error", "usage", "node")
 
+LEDGER_EVERY = 8
+"""Finished rows sent to the ledger in one call: one actor call per row would
+cost more than a fast example; a worker dying loses at most these few (they run
+again elsewhere)."""
+
 
 def result_row(result: BatchResult, key: str, node: str, *, trace: bool = False) -> dict[str, Any]:
     """One output row of a distributed batch (the columns of :data:`COLUMNS`).
@@ -131,12 +136,18 @@ class BatchWorker:
             lm=self.lm,
             progress=False,
         )
+        finished: dict[str, dict[str, Any]] = {}
         async with contextlib.aclosing(stream) as results:
             async for result in results:
                 index, key, _ = todo[result.index]
                 result.index = index
                 row = result_row(result, key, self.node, trace=self.traces)
                 if result.ok:  # the ledger keeps successes only: failures run again
-                    self.coordinator.record.remote(f"{self.scope}:{key}", row)
+                    finished[f"{self.scope}:{key}"] = row
+                if len(finished) >= LEDGER_EVERY:
+                    self.coordinator.record.remote(finished)
+                    finished = {}
                 rows.append(row)
+        if finished:
+            self.coordinator.record.remote(finished)
         return rows
