@@ -29,6 +29,5 @@ from rhizome.engine.distributed.executor import RayExecutor as RayExecutor
 from rhizome.engine.distributed.ray_import import RayMissingError as RayMissingError
 from rhizome.engine.distributed.runner import RayOptions as RayOptions
 from rhizome.engine.distributed.runner import ray_batch as ray_batch
-from rhizome.engine.distributed.runner import ray_map as ray_map
 
-__all__ = ("RayExecutor", "RayMissingError", "RayOptions", "ray_batch", "ray_map")
+__all__ = ("RayExecutor", "RayMissingError", "RayOptions", "ray_batch")

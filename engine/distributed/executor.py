@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from rhizome.engine.batches.batch import BatchResult, ExampleLike, _example_key, _resume, _row
 from rhizome.engine.client.protocol import LM, Usage
-from rhizome.engine.distributed.runner import RayOptions, _cap, _start_coordinator, connect
+from rhizome.engine.distributed.runner import RayOptions, connect, endpoint_cap, start_coordinator
 from rhizome.engine.distributed.spec import (
     Factory,
     LMSpec,
@@ -187,8 +187,8 @@ class RayExecutor:
             return self._actors
         options = self.options
         self._ray = ray = connect(options.address, LMSpec.secret_env(lm))
-        cap = _cap(options, spec) if spec is not None else 0
-        self._coordinator = _start_coordinator(ray, cap or None, options.ttl)
+        cap = endpoint_cap(options, spec) if spec is not None else 0
+        self._coordinator = start_coordinator(ray, cap or None, options.ttl)
         env = LMSpec.secret_env(lm)
         actor = ray.remote(PoolActor).options(
             num_cpus=options.num_cpus,

@@ -30,7 +30,7 @@ from rhizome.engine.distributed.worker import BatchWorker
 from rhizome.engine.errors import ConfigError
 from rhizome.engine.example import Prediction
 
-__all__ = ("RayOptions", "connect", "ray_batch", "ray_map")
+__all__ = ("RayOptions", "connect", "endpoint_cap", "ray_batch", "ray_map", "start_coordinator")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -87,7 +87,7 @@ def ray_map(
     """``dataset`` (columns ``index``, ``key``, ``example``) mapped to result rows, lazily."""
     ray = require_ray()
     spec = LMSpec.of(lm) if lm is not None else None
-    gated = spec is not None and _cap(options, spec) > 0
+    gated = spec is not None and endpoint_cap(options, spec) > 0
     env = LMSpec.secret_env(lm)
     return dataset.map_batches(
         BatchWorker,
@@ -177,8 +177,8 @@ def _fan_out(
     if not todo:
         return
     spec = LMSpec.of(lm) if lm is not None else None
-    cap = _cap(options, spec) if spec is not None else 0
-    coordinator = _start_coordinator(ray, cap or None, options.ttl)
+    cap = endpoint_cap(options, spec) if spec is not None else 0
+    coordinator = start_coordinator(ray, cap or None, options.ttl)
     inputs = [{"index": i, "key": k, "example": json.dumps(e)} for i, k, e in todo]
     blocks = max(1, min(len(inputs), math.ceil(len(inputs) / options.batch_size)))
     dataset = ray.data.from_items(inputs, override_num_blocks=blocks)
@@ -207,7 +207,7 @@ def _fan_out(
         ray.kill(coordinator)
 
 
-def _start_coordinator(ray: Any, cap: int | None, ttl: float) -> Any:
+def start_coordinator(ray: Any, cap: int | None, ttl: float) -> Any:
     """The run's coordinator actor, on the driver's node: it lives and dies with the driver."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -216,7 +216,8 @@ def _start_coordinator(ray: Any, cap: int | None, ttl: float) -> Any:
     return actor.remote(cap, ttl)
 
 
-def _cap(options: RayOptions, spec: LMSpec) -> int:
+def endpoint_cap(options: RayOptions, spec: LMSpec) -> int:
+    """Requests in flight allowed at the endpoint across the cluster (0: no shared cap)."""
     if options.max_concurrency is not None:
         return options.max_concurrency
     return int(spec.limits.get("max_concurrency", 32))

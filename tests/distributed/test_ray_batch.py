@@ -44,13 +44,21 @@ def single_process(server: OpenAIServer, examples: list[dict[str, str]]) -> list
     return anyio.run(run)
 
 
-def test_outputs_equal_one_process_on_two_nodes_under_the_cluster_cap(
+def test_outputs_equal_one_process_on_two_nodes_under_the_cluster_cap_and_429s_pause_all(
     ray_cluster: LocalCluster, ray_server: OpenAIServer
 ) -> None:
     examples = questions(48)
     expected = single_process(ray_server, examples)
     ray_server.reset()
-    ray_server.responder = delayed(0.03)
+    arrivals: list[float] = []
+
+    def respond(body):  # type: ignore[no-untyped-def]
+        arrivals.append(time.monotonic())
+        if len(arrivals) == 8:  # one request, mid-run, is told to wait 1.5 s
+            return Reply(status=429, headers={"Retry-After": "1.5"}, text="slow down")
+        return Reply(text=answer_for(body), delay=0.03)
+
+    ray_server.responder = respond
     lm = OpenAILM("test-model", base_url=ray_server.url, cache=None, max_concurrency=3)
     options = RayOptions(actors=2, concurrency=8, batch_size=4, num_cpus=0.5)
 
@@ -60,10 +68,16 @@ def test_outputs_equal_one_process_on_two_nodes_under_the_cluster_cap(
     assert [r["outputs"] for r in rows] == expected
     assert all(r["error"] is None for r in rows)
     assert len({r["node"] for r in rows}) == 2  # both worker nodes served examples
-    assert ray_server.request_count == 48  # one request per example, none twice
+    assert ray_server.request_count == 49  # one request per example, and the one retry
     # Each actor's own client allows 3 in flight; the shared cap holds both to 3 together.
     assert ray_server.max_in_flight <= 3
     assert ray_server.max_in_flight >= 2
+    # Requests already on the wire may land just after the 429; then both workers,
+    # not only the one that saw it, hold back until its Retry-After has passed.
+    limited = arrivals[7]
+    later = [t - limited for t in arrivals if t > limited + 0.2]
+    assert later
+    assert min(later) >= 1.3
 
 
 def test_resume_reruns_only_unfinished_examples(
