@@ -18,7 +18,9 @@ so recall must be equal. Chunk size: recall@3 on the same queries with
 chunk_size 50, 100 and 200 over the abstract-like documents (each keeps the
 passages it was built from, so a hit is a chunk holding the supporting text).
 
-Run: ``python bench/indexing_rate.py [--docs 1000] [--reps 2] [--out bench/results_indexing.json]``
+Run: ``python bench/indexing_rate.py [--docs 1000] [--reps 2] [--out bench/results_indexing.json]``;
+with ``--ray``, only one process against ``RayEmbedder`` with 1 and 2 actors
+(``results_indexing_ray.json``).
 """
 
 from __future__ import annotations
@@ -74,6 +76,19 @@ def rate(docs: list[dict[str, str]], threads: int, embed_batch: int, window: int
     return {"docs_per_s": len(docs) / wall, "chunks_per_s": stats.chunks / wall, "wall_s": wall}
 
 
+def ray_rate(docs: list[dict[str, str]], actors: int) -> dict[str, Any]:
+    """Index ``docs`` with the embedding spread over ``actors`` Ray actors (pool started first)."""
+    from rhizome.scale import RayEmbedder
+
+    with RayEmbedder(actors=actors, slice_size=64) as embedder:
+        embedder.embed(["warm up"] * actors * 2)  # start the actors and load the model
+        store = InMemoryRetriever(embedder=embedder)
+        start = time.perf_counter()
+        stats = index_documents(store, docs, batch_size=1024, progress=False)
+        wall = time.perf_counter() - start
+    return {"docs_per_s": len(docs) / wall, "chunks_per_s": stats.chunks / wall, "wall_s": wall}
+
+
 def recall_at_3(threads: int, embed_batch: int, window: int) -> float:
     """Recall@3 of the first supporting passage over the 400 labelled questions."""
     import anyio
@@ -126,8 +141,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--docs", type=int, default=1000)
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--out", type=Path, default=HERE / "results_indexing.json")
+    parser.add_argument("--ray", action="store_true", help="only: one process vs 1 and 2 actors")
     args = parser.parse_args(argv)
     docs = abstracts(args.docs)
+    if args.ray:
+        import ray
+
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        spread = {"one_process": rate(docs, 1, 32, 1024)}
+        for actors in (1, 2):
+            spread[f"ray_{actors}"] = ray_rate(docs, actors)
+        spread["machine"] = {"load_avg": os.getloadavg(), "docs": args.docs}
+        args.out.with_name("results_indexing_ray.json").write_text(json.dumps(spread, indent=2))
+        print(json.dumps(spread, indent=2))
+        return
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in SETTINGS}
     for _ in range(args.reps):
         for name, setting in SETTINGS.items():

@@ -17,6 +17,7 @@ resumes an interrupted run as ``graph.batch`` does.
 
 :class:`RayExecutor` keeps such a pool for evaluations and optimizer trials:
 ``Evaluate(..., executor=pool)`` and ``JointSearch(..., executor=pool)``.
+:class:`RayEmbedder` spreads the embedding of ``index_documents`` over actors.
 
 Ray is an optional extra: ``pip install "rhizome[ray]"``. ``import rhizome``
 never imports it; calling into Ray without it raises
@@ -25,9 +26,10 @@ never imports it; calling into Ray without it raises
 
 from __future__ import annotations
 
+from rhizome.engine.distributed.embedding import RayEmbedder as RayEmbedder
 from rhizome.engine.distributed.executor import RayExecutor as RayExecutor
 from rhizome.engine.distributed.ray_import import RayMissingError as RayMissingError
 from rhizome.engine.distributed.runner import RayOptions as RayOptions
 from rhizome.engine.distributed.runner import ray_batch as ray_batch
 
-__all__ = ("RayExecutor", "RayMissingError", "RayOptions", "ray_batch")
+__all__ = ("RayEmbedder", "RayExecutor", "RayMissingError", "RayOptions", "ray_batch")
