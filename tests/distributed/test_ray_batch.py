@@ -80,9 +80,13 @@ def test_outputs_equal_one_process_on_two_nodes_under_the_cluster_cap_and_429s_p
     assert min(later) >= 1.3
 
 
-def test_resume_reruns_only_unfinished_examples(
-    ray_cluster: LocalCluster, ray_server: OpenAIServer, tmp_path: Path
+def test_resume_reruns_only_unfinished_examples_and_keys_reach_workers_by_variable(
+    ray_cluster: LocalCluster,
+    ray_server: OpenAIServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("RHIZOME_RAY_TEST_KEY", "sk-ray-test-123")
     examples = questions(12)
     ray_server.reset()
     failing = {"q3", "q8"}
@@ -94,7 +98,13 @@ def test_resume_reruns_only_unfinished_examples(
         return reply
 
     ray_server.responder = flaky
-    lm = OpenAILM("test-model", base_url=ray_server.url, cache=None, max_retries=0)
+    lm = OpenAILM(
+        "test-model",
+        base_url=ray_server.url,
+        cache=None,
+        max_retries=0,
+        api_key_env="RHIZOME_RAY_TEST_KEY",
+    )
     options = RayOptions(actors=2, concurrency=4, batch_size=3, num_cpus=0.5)
     out = tmp_path / "rows.jsonl"
     first = ray_batch(
@@ -103,6 +113,9 @@ def test_resume_reruns_only_unfinished_examples(
     assert {r["inputs"]["question"] for r in first if r["error"] is not None} == failing
     assert len(out.read_text().splitlines()) == 12
     assert ray_server.request_count == 12
+    # The workers read the key from the variable the LM names (Ray's runtime env).
+    auth = {h.get("authorization") for h in ray_server.request_headers}
+    assert auth == {"Bearer sk-ray-test-123"}
 
     ray_server.reset()
     ray_server.responder = answer_for
