@@ -13,6 +13,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Generator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,6 +23,7 @@ from rhizome.optimizers.records import RunRecorder
 
 if TYPE_CHECKING:
     from rhizome.engine.client.protocol import LM
+    from rhizome.engine.distributed.executor import BatchExecutor
     from rhizome.engine.graphs.graph import Graph
     from rhizome.engine.trace import Trace
 
@@ -153,6 +155,8 @@ class Evaluate:
             folder (see :mod:`rhizome.engine.batches.journal`): evaluating again on the
             same directory reruns only the examples not finished without error,
             and a journal of a changed program is refused.
+        executor: Where the batch runs (``rhizome.scale.RayExecutor``: a Ray
+            actor pool); None runs it in this process.
     """
 
     def __init__(
@@ -166,8 +170,10 @@ class Evaluate:
         lm: LM | None = None,
         progress: bool | None = None,
         run_dir: str | Path | None = None,
+        executor: BatchExecutor | None = None,
     ) -> None:
         self.graph = graph
+        self.executor = executor
         self.devset = [e if isinstance(e, Example) else Example(e) for e in devset]
         self.metric = metric
         self.concurrency = concurrency
@@ -184,7 +190,10 @@ class Evaluate:
         recorder = RunRecorder.create(self.run_dir, kind="evaluate", config=self._config())
         t0 = time.perf_counter()
         journal = None if self.run_dir is None else Path(self.run_dir) / JOURNAL_DIR
-        batch = await self.graph.batch(
+        run = self.graph.batch
+        if self.executor is not None:  # the batch runs elsewhere (a Ray actor pool)
+            run = partial(self.executor.batch, self.graph)
+        batch = await run(
             self.devset,
             concurrency=self.concurrency,
             lm=self.lm,
@@ -262,6 +271,7 @@ async def score_candidate(
         threshold=settings.threshold,
         lm=settings.lm,
         progress=False,
+        executor=getattr(settings, "executor", None),
     ).run()
 
 

@@ -63,6 +63,7 @@ from rhizome.optimizers.trials import (
 
 if TYPE_CHECKING:
     from rhizome.engine.client.protocol import LM
+    from rhizome.engine.distributed.executor import BatchExecutor
     from rhizome.engine.example import Example
     from rhizome.engine.graphs.graph import Graph
 
@@ -206,6 +207,8 @@ class JointSearch:
         seed: Makes the run repeatable.
         summarize: Let the prompt model describe the data for its proposals.
         run_dir: Run directory: space, trials (for resuming), final program.
+        executor: Where candidates are evaluated (``rhizome.scale.RayExecutor``:
+            a Ray actor pool); None evaluates them in this process.
 
     Raises:
         ConfigError: A value is out of range, or a group is given together
@@ -252,7 +255,9 @@ class JointSearch:
         seed: int = 0,
         summarize: bool = True,
         run_dir: str | Path | None = None,
+        executor: BatchExecutor | None = None,
     ) -> None:
+        self.executor = executor
         schedule = {
             "num_trials": num_trials,
             "minibatch_size": minibatch_size,

@@ -51,7 +51,16 @@ if TYPE_CHECKING:
     from rhizome.engine.graphs.graph import Graph
     from rhizome.engine.graphs.plan import Plan
 
-__all__ = ("BatchResult", "ExampleLike", "run_batch", "stream_batch")
+__all__ = (
+    "BatchResult",
+    "BatchWork",
+    "ExampleLike",
+    "example_key",
+    "journal_row",
+    "resume_batch",
+    "run_batch",
+    "stream_batch",
+)
 
 
 ExampleLike: TypeAlias = Example | Mapping[str, Any]
@@ -119,7 +128,7 @@ async def run_batch(
     async def keep(result: BatchResult) -> None:
         results[result.index] = result
 
-    with _resume(graph, items, run_dir) as work:
+    with resume_batch(graph, items, run_dir) as work:
         for result in work.done:
             results[result.index] = result
         deliver = work.recording(keep)
@@ -148,7 +157,7 @@ async def stream_batch(
     items = list(examples)
     _check_concurrency(concurrency)
     graph.plan()  # wiring errors surface here, not wrapped in a task group's error
-    with _resume(graph, items, run_dir) as work:
+    with resume_batch(graph, items, run_dir) as work:
         for result in work.done:
             yield result
         send, receive = anyio.create_memory_object_stream[BatchResult](math.inf)
@@ -237,7 +246,7 @@ def _inputs_of(example: ExampleLike, names: list[str]) -> dict[str, Any]:
 
 
 @dataclasses.dataclass(kw_only=True)
-class _Work:
+class BatchWork:
     """What a (possibly resumed) batch still has to do, and where results are journaled."""
 
     done: list[BatchResult]
@@ -252,18 +261,24 @@ class _Work:
             return deliver
 
         async def record(result: BatchResult) -> None:
-            journal.append(_row(result, self.keys[result.index]))
+            journal.append(journal_row(result, self.keys[result.index]))
             await deliver(result)
 
         return record
 
 
 @contextlib.contextmanager
-def _resume(graph: Graph, items: list[ExampleLike], run_dir: RunDir) -> Iterator[_Work]:
+def resume_batch(graph: Graph, items: list[ExampleLike], run_dir: RunDir) -> Iterator[BatchWork]:
+    """What a batch over ``items`` still has to do, reading ``run_dir``'s journal if given.
+
+    Finished examples come back as results; failed and missing ones are to do.
+    The journal, opened for ``graph``'s program, records new results while the
+    block runs (see :meth:`BatchWork.recording`).
+    """
     if run_dir is None:
-        yield _Work(done=[], todo=list(enumerate(items)))
+        yield BatchWork(done=[], todo=list(enumerate(items)))
         return
-    keys = [_example_key(example) for example in items]
+    keys = [example_key(example) for example in items]
     with Journal(run_dir, program=saving.program_fingerprint(graph)) as journal:
         done: list[BatchResult] = []
         for index, row in sorted(journal.rows.items()):
@@ -278,16 +293,17 @@ def _resume(graph: Graph, items: list[ExampleLike], run_dir: RunDir) -> Iterator
                 done.append(restored)
         finished = {r.index for r in done}
         todo = [(i, example) for i, example in enumerate(items) if i not in finished]
-        yield _Work(done=done, todo=todo, journal=journal, keys=keys)
+        yield BatchWork(done=done, todo=todo, journal=journal, keys=keys)
 
 
-def _example_key(example: ExampleLike) -> str:
+def example_key(example: ExampleLike) -> str:
+    """A short, stable hash of an example's JSON form: how a journal knows it again."""
     data = jsonable(dict(example) if isinstance(example, Mapping) else example)
     text = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
 
 
-def _row(result: BatchResult, key: str) -> dict[str, Any]:
+def journal_row(result: BatchResult, key: str) -> dict[str, Any]:
     """A result as one JSON-ready journal line: outputs or error, and a trace summary."""
     trace = result.trace
     summary = None

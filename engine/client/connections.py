@@ -142,8 +142,12 @@ class SharedLimiter:
             granted = self._grant()
         self._wake(granted)
 
-    def throttle(self) -> None:
-        """A 429: the server takes fewer requests at once than we send; send one fewer."""
+    def throttle(self, retry_after: float | None = None) -> None:
+        """A 429: the server takes fewer requests at once than we send; send one fewer.
+
+        ``retry_after`` is the server's ``Retry-After`` (seconds), for limiters
+        that share the back-off with other processes; this one does not wait.
+        """
         with self._lock:
             self._limit = max(1, self._limit - 1)
             self._streak = 0

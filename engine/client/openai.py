@@ -63,7 +63,7 @@ from pydantic import ValidationError
 from rhizome.engine import events
 from rhizome.engine.client.cache import ResponseCache, default_cache
 from rhizome.engine.client.connections import USER_AGENT as USER_AGENT
-from rhizome.engine.client.connections import Connections, LoopState
+from rhizome.engine.client.connections import Connections, LoopState, SharedLimiter
 from rhizome.engine.client.options import grouped
 from rhizome.engine.client.policy import CallPolicy, current_policy
 from rhizome.engine.client.protocol import (
@@ -332,6 +332,25 @@ class OpenAILM:
         """The response cache in use, or None."""
         return self._cache
 
+    @property
+    def api_key_env(self) -> str:
+        """The environment variable the API key is read from."""
+        return self._api_key_env
+
+    @property
+    def sends_key(self) -> bool:
+        """True when requests carry an API key (the key itself is never exposed)."""
+        return bool(self._secret)
+
+    @property
+    def limiter(self) -> SharedLimiter:
+        """The cap on this client's requests in flight, shared by all its callers."""
+        return self._conns.limiter
+
+    def use_limiter(self, limiter: SharedLimiter) -> None:
+        """Take request slots from ``limiter`` instead (a cluster-wide cap wraps the client's)."""
+        self._conns.limiter = limiter
+
     def __deepcopy__(self, memo: dict[int, Any]) -> OpenAILM:
         return self  # a handle on a shared endpoint (its limiter, pools, usage): never copied
 
@@ -461,7 +480,7 @@ class OpenAILM:
                 limiter.relax()
                 return outcome
             if outcome.status == 429:
-                limiter.throttle()
+                limiter.throttle(outcome.retry_after)
             attempts += 1
             if attempts > retry.max_retries or not retry.retries(outcome):
                 raise outcome.error(attempts)

@@ -110,7 +110,7 @@ def add_otel(parser: argparse.ArgumentParser) -> None:
 
 def load_graph(args: argparse.Namespace) -> Graph:
     """The program named on the command line, with its saved parameters loaded."""
-    from rhizome.program import load_program
+    from rhizome.engine.graphs.program import load_program
 
     return load_program(args.program, args.params)
 
@@ -237,7 +237,7 @@ def parse_metric(spec: str) -> Metric:
         factory = getattr(metrics, name)
         return factory(field) if field else factory()  # type: ignore[no-any-return]
     if field:
-        from rhizome.program import import_module
+        from rhizome.engine.graphs.program import import_module
 
         module = import_module(name)
         fn = getattr(module, field, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import sys
 import time
@@ -28,6 +29,7 @@ from rhizome.cli.common import (
     require_lm,
     table,
 )
+from rhizome.cli.scale import add_ray, check_ray_args, ray_executor
 from rhizome.optimizers.evaluate import Evaluate, EvaluationResult
 from rhizome.report import write_report
 from rhizome.telemetry import request_models
@@ -55,6 +57,7 @@ field listing supporting titles), or MODULE:FUNCTION(example, prediction, trace)
 example:
   rhizome eval rhizome.examples:build dev.jsonl --metric exact_match:answer --run-dir runs/qa-eval
   rhizome eval rhizome.examples:build dev.jsonl -p program.json --json
+  rhizome eval myapp:build dev.jsonl --base-url http://host:8000/v1 --model m --ray auto
 """
 
 OPTIMIZE_HELP = """\
@@ -90,6 +93,7 @@ def add_parsers(sub: Sub) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_lm(p)
     add_otel(p)
+    add_ray(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
@@ -139,12 +143,15 @@ def _progress(args: argparse.Namespace) -> bool | None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``rhizome eval``."""
+    check_ray_args(args)
     graph = load_graph(args)
     metric = parse_metric(args.metric)
     dev = read_examples(args.data, tag_field=args.tag_field)
     with open_lm(args) as lm, open_telemetry(args) as telemetry:
         require_lm(graph, lm)
-        result = anyio.run(_evaluate, graph, dev, metric, lm, args, args.run_dir)
+        with ray_executor(args, lm) as executor:
+            run = functools.partial(_evaluate, executor=executor)
+            result = anyio.run(run, graph, dev, metric, lm, args, args.run_dir)
         models = request_models(graph, lm)
         for example in result.results:
             if example.trace is not None:
@@ -167,6 +174,7 @@ async def _evaluate(
     lm: LM | None,
     args: argparse.Namespace,
     run_dir: Path | None,
+    executor: Any = None,
 ) -> EvaluationResult:
     return await Evaluate(
         graph,
@@ -177,6 +185,7 @@ async def _evaluate(
         lm=lm,
         progress=_progress(args),
         run_dir=run_dir,
+        executor=executor,
     ).run()
 
 

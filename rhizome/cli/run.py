@@ -35,6 +35,7 @@ from rhizome.cli.common import (
 )
 from rhizome.cli.live import run_live
 from rhizome.cli.results import ResultsFile, journal_dir
+from rhizome.cli.scale import add_ray, batch_on_ray
 from rhizome.engine.errors import ConfigError
 from rhizome.engine.trace import Trace, jsonable
 from rhizome.inspection import format_call
@@ -69,8 +70,13 @@ graph.batch and evaluations use): re-running the same command resumes, skipping
 examples that finished without error (failed ones are retried); a journal of a
 changed program or changed data is refused. The finished file is sorted by index.
 
+With --ray [ADDRESS] the batch runs on a Ray cluster (a local one without an
+address): each line also names the Ray node that ran it ("node").
+
 example:
   rhizome batch rhizome.examples:build questions.jsonl --out results.jsonl --concurrency 8
+  rhizome batch myapp:build questions.jsonl -o results.jsonl --base-url http://host:8000/v1 \\
+      --model m --ray auto --actors 8
 """
 
 INSPECT_HELP = """\
@@ -112,6 +118,7 @@ def add_parsers(sub: Sub) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_lm(p)
     add_otel(p)
+    add_ray(p)
     p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser(
@@ -171,6 +178,9 @@ def _keep_trace(trace: Trace) -> None:
 def cmd_batch(args: argparse.Namespace) -> int:
     """``rhizome batch``."""
     graph = load_graph(args)
+    if args.ray is not None:
+        _batch_summary(args, batch_on_ray(args, graph), len(read_examples(args.data)))
+        return 0
     examples = read_examples(args.data)
     names = list(graph.inputs)
     inputs = [jsonable(e.inputs(names)) for e in examples]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import logging
+import re
 from pathlib import Path
 
 import chromadb
@@ -10,6 +12,7 @@ import pytest
 from chromadb.config import Settings
 
 from rhizome.engine.errors import ConfigError
+from rhizome.tools.retrieval import indexing
 from rhizome.tools.retrieval.chroma import ChromaRetriever
 from rhizome.tools.retrieval.embeddings import HashEmbedder
 from rhizome.tools.retrieval.indexing import IndexStats, chunk_text, index_documents
@@ -101,9 +104,30 @@ def test_progress_goes_to_stderr_when_forced(capsys: pytest.CaptureFixture[str])
     index_documents(InMemoryRetriever(), docs, batch_size=4, progress=True)
     err = capsys.readouterr().err
     # Not a terminal: no carriage-return redraws, just the final count on its own line.
-    assert err == "indexing: 10 documents, 10 chunks (10 added, 0 unchanged)\n"
+    assert re.fullmatch(
+        r"indexing: 10 documents, 10 chunks \(10 added, 0 unchanged\), [\d.]+ documents/s\n", err
+    )
     index_documents(InMemoryRetriever(), docs, progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_a_long_run_logs_progress_when_stderr_is_not_a_terminal(
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(indexing._Progress, "LOG_EVERY", 0.0)  # every batch counts as "long"
+    docs = [f"document number {i}" for i in range(12)]
+    with caplog.at_level(logging.INFO, logger="rhizome.index"):
+        index_documents(InMemoryRetriever(), docs, batch_size=4)  # progress left to its default
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines] == [
+        "indexing: 4 documents",
+        "indexing: 8 documents",
+        "indexing: 12 documents",
+        "indexing: 12 documents",
+    ]
+    assert [r.getMessage() for r in caplog.records] == lines
 
 
 async def test_chroma_batches_and_reindexing(tmp_path: Path) -> None:

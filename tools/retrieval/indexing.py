@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import re
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
 
 __all__ = ("IndexStats", "chunk_text", "index_documents")
+
+logger = logging.getLogger("rhizome.index")
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -199,20 +203,37 @@ def _resolve(
 
 
 class _Progress:
-    """One line rewritten in place on a terminal; only the final count in a log."""
+    """One line rewritten in place on a terminal; in a log, a line every ``LOG_EVERY`` seconds.
+
+    A long indexing job run under nohup, a scheduler or CI writes to a file:
+    there, a new line (and a log record on the ``rhizome.index`` logger) says
+    how far it got and how fast, instead of silence until the end.
+    """
+
+    LOG_EVERY = 10.0
 
     def __init__(self, enabled: bool | None) -> None:
         self.tty = sys.stderr.isatty()
-        self.enabled = self.tty if enabled is None else enabled
+        self.enabled = True if enabled is None else enabled
+        self.start = self.last = time.monotonic()
 
     def show(self, stats: IndexStats, *, final: bool = False) -> None:
-        if not self.enabled or not (self.tty or final):
+        if not self.enabled:
             return
+        now = time.monotonic()
+        if not (self.tty or final or now - self.last >= self.LOG_EVERY):
+            return
+        self.last = now
+        rate = stats.documents / max(now - self.start, 1e-9)
         line = (
             f"indexing: {stats.documents} documents, {stats.chunks} chunks "
-            f"({stats.added} added, {stats.unchanged} unchanged)"
+            f"({stats.added} added, {stats.unchanged} unchanged), {rate:.1f} documents/s"
         )
-        sys.stderr.write(("\r" if self.tty else "") + line + ("\n" if final else ""))
+        if not self.tty:
+            logger.info("%s", line)
+            sys.stderr.write(line + "\n")
+        else:
+            sys.stderr.write("\r" + line + ("\n" if final else ""))
         sys.stderr.flush()
 
 
@@ -244,7 +265,8 @@ def index_documents(
         batch_size: Chunks embedded and written per call.
         title_in_text: Store ``"title | chunk"`` so the title is searchable too.
         prune: Delete chunks of a re-indexed document that it no longer has.
-        progress: Show progress on stderr; by default only when stderr is a terminal.
+        progress: Show progress on stderr (a line rewritten in place on a terminal,
+            else a line every 10 s and at the end); False for none.
 
     Returns:
         Counts of documents, chunks, and chunks added, unchanged and removed.
