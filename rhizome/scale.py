@@ -15,6 +15,10 @@ object. The LM's ``max_concurrency`` holds for the whole cluster, a 429 slows
 every worker, a dead worker's examples run again elsewhere, and ``run_dir``
 resumes an interrupted run as ``graph.batch`` does.
 
+``ray_dataset`` gives the same results as a lazy Ray Dataset of rows
+(with a per-example ``error`` column), to chain with other Ray Data steps or
+write with ``write_parquet``.
+
 :class:`RayExecutor` keeps such a pool for evaluations and optimizer trials:
 ``Evaluate(..., executor=pool)`` and ``JointSearch(..., executor=pool)``.
 :class:`RayEmbedder` spreads the embedding of ``index_documents`` over actors.
@@ -31,5 +35,13 @@ from rhizome.engine.distributed.executor import RayExecutor as RayExecutor
 from rhizome.engine.distributed.ray_import import RayMissingError as RayMissingError
 from rhizome.engine.distributed.runner import RayOptions as RayOptions
 from rhizome.engine.distributed.runner import ray_batch as ray_batch
+from rhizome.engine.distributed.runner import ray_dataset as ray_dataset
 
-__all__ = ("RayEmbedder", "RayExecutor", "RayMissingError", "RayOptions", "ray_batch")
+__all__ = (
+    "RayEmbedder",
+    "RayExecutor",
+    "RayMissingError",
+    "RayOptions",
+    "ray_batch",
+    "ray_dataset",
+)

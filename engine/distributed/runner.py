@@ -32,11 +32,19 @@ from rhizome.engine.distributed.gate import Coordinator
 from rhizome.engine.distributed.ray_import import require_ray
 from rhizome.engine.distributed.sources import RowWriter, Source, examples_of
 from rhizome.engine.distributed.spec import Factory, LMSpec, ProgramSpec, ledger_scope
-from rhizome.engine.distributed.worker import BatchWorker
+from rhizome.engine.distributed.worker import COLUMNS, BatchWorker
 from rhizome.engine.errors import ConfigError
 from rhizome.engine.example import Prediction
 
-__all__ = ("RayOptions", "connect", "endpoint_cap", "ray_batch", "ray_map", "start_coordinator")
+__all__ = (
+    "RayOptions",
+    "connect",
+    "endpoint_cap",
+    "ray_batch",
+    "ray_dataset",
+    "ray_map",
+    "start_coordinator",
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -168,6 +176,62 @@ def ray_batch(
         if writer is not None:
             writer.close()
     return [rows[i] for i in sorted(rows)]
+
+
+def ray_dataset(
+    graph_factory: Factory,
+    source: Source,
+    *,
+    parameters: str | os.PathLike[str] | None = None,
+    lm: LM | None = None,
+    options: RayOptions | None = None,
+) -> Any:
+    """Run a graph over ``source`` on a Ray cluster, as a lazy Ray Dataset of result rows.
+
+    The rows are computed as the dataset is consumed (``iter_rows``,
+    ``write_parquet``, ``take_all``, further ``map_batches``), by the same actor
+    pool, cluster-wide cap and ledger as :func:`ray_batch`; a worker that dies
+    has its block run again elsewhere, and examples the ledger already holds are
+    not sent twice. Columns: ``index`` (position in ``source``), ``key`` (the
+    example's hash), ``ok``, ``outputs`` and ``error`` (JSON text, one of them
+    None), ``usage`` (JSON text) and ``node``. Use :func:`ray_batch` for a
+    journal (``run_dir``) and rows in input order.
+
+    ``source`` is read on the driver (examples, a JSONL or Parquet path, or a
+    Ray Dataset of example rows) to number the examples; the coordinator actor
+    lives as long as the returned dataset.
+
+    Raises:
+        RayMissingError: Ray is not installed (``pip install "rhizome[ray]"``).
+        ConfigError: Bad options or source.
+    """
+    options = options or RayOptions()
+    program = ProgramSpec.of(graph_factory, parameters)
+    program.build()  # fails here, once, rather than on every worker
+    items = list(examples_of(source))
+    ray = connect(options.address, LMSpec.secret_env(lm))
+    spec = LMSpec.of(lm) if lm is not None else None
+    cap = endpoint_cap(options, spec) if spec is not None else 0
+    coordinator = start_coordinator(ray, cap or None, options.ttl)
+    inputs = [
+        {"index": i, "key": example_key(e), "example": json.dumps(e)} for i, e in enumerate(items)
+    ]
+    blocks = max(1, min(len(inputs), math.ceil(len(inputs) / options.batch_size)))
+    dataset = ray.data.from_items(inputs, override_num_blocks=blocks)
+    pool = dataclasses.replace(options, actors=max(1, min(options.actors, blocks)))
+    mapped = ray_map(dataset, program, lm=lm, options=pool, coordinator=coordinator)
+    # One schema for every block: a block whose examples all ran has an all-None
+    # error column, which Arrow would type as null and sinks could not join.
+    return mapped.map_batches(_row_schema, batch_format="pyarrow", batch_size=None)
+
+
+def _row_schema(batch: Any) -> Any:
+    """A block of result rows cast to the columns' fixed Arrow types."""
+    import pyarrow as pa
+
+    types = {"index": pa.int64(), "ok": pa.bool_()}
+    schema = pa.schema([(name, types.get(name, pa.string())) for name in COLUMNS])
+    return batch.select(schema.names).cast(schema)
 
 
 def _fan_out(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -11,7 +12,7 @@ import anyio
 import pytest
 
 from rhizome.engine.client.openai import OpenAILM
-from rhizome.scale import RayOptions, ray_batch
+from rhizome.scale import RayOptions, ray_batch, ray_dataset
 from tests.distributed.conftest import LocalCluster, answer_for
 from tests.distributed.programs import build
 from tests.server import OpenAIServer, Reply
@@ -154,3 +155,42 @@ def test_a_worker_node_removed_mid_run_loses_nothing_and_repeats_nothing(
     # Only requests in flight on the dead node may be sent again: at most the cap.
     assert repeated <= cap
     assert len(per_question) == 40
+
+
+def test_ray_dataset_streams_result_rows_lazily_with_an_error_column(
+    ray_cluster: LocalCluster, ray_server: OpenAIServer, tmp_path: Path
+) -> None:
+    examples = questions(10)
+    expected = single_process(ray_server, examples)
+    ray_server.reset()
+
+    def one_fails(body):  # type: ignore[no-untyped-def]
+        reply = answer_for(body)
+        return Reply(status=500, text="down") if '"A-q4"' in reply else reply
+
+    ray_server.responder = one_fails
+    lm = OpenAILM("test-model", base_url=ray_server.url, cache=None, max_retries=0)
+    options = RayOptions(actors=2, concurrency=4, batch_size=3, num_cpus=0.5)
+
+    dataset = ray_dataset(FACTORY, examples, lm=lm, options=options)
+    assert ray_server.request_count == 0  # nothing runs until the dataset is consumed
+    dataset.write_parquet(str(tmp_path / "out"))  # a Ray Data sink consumes it
+    assert list((tmp_path / "out").glob("*.parquet"))
+    assert ray_server.request_count == 10
+
+    rows = sorted(ray_data_rows(tmp_path / "out"), key=lambda r: r["index"])
+    assert [r["index"] for r in rows] == list(range(10))
+    failed = [r for r in rows if r["error"] is not None]
+    assert [r["index"] for r in failed] == [4]
+    assert not failed[0]["ok"]
+    assert "500" in json.loads(failed[0]["error"])["message"]
+    outputs = [json.loads(r["outputs"]) if r["outputs"] else {} for r in rows]
+    assert [o for i, o in enumerate(outputs) if i != 4] == [
+        e for i, e in enumerate(expected) if i != 4
+    ]
+
+
+def ray_data_rows(folder: Path) -> list[dict[str, object]]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(folder).to_pylist()
