@@ -82,6 +82,7 @@ class RunRecorder:
                     "error": r.error,
                     "example": r.example.to_dict(),
                     "prediction": r.prediction.to_dict() if r.prediction is not None else None,
+                    **_feedback(r),
                 },
             )
             if r.trace is not None and sampled < TRACE_SAMPLE:
@@ -101,6 +102,16 @@ class RunRecorder:
             finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
         )
         self._write_meta()
+
+
+def _feedback(result: Any) -> dict[str, Any]:
+    """A result's metric feedback, when it has any (kept out of the line otherwise)."""
+    out: dict[str, Any] = {}
+    if getattr(result, "feedback", ""):
+        out["feedback"] = result.feedback
+    if getattr(result, "node_feedback", None):
+        out["node_feedback"] = dict(result.node_feedback)
+    return out
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -34,8 +34,9 @@ from anyio.lowlevel import RunVar
 
 from rhizome.engine.call.signature import Signature
 from rhizome.engine.client.protocol import LM, Choice, LMRequest, LMResponse, ToolCall, Usage
+from rhizome.engine.client.usage import current_meter
 from rhizome.engine.context import resolve_lm, settings
-from rhizome.engine.errors import LMStatusError, ParseError, SignatureError
+from rhizome.engine.errors import LMStatusError, ParseError, SignatureError, SpendLimitError
 from rhizome.engine.trace import LMCall, current_record, log_call
 
 if TYPE_CHECKING:
@@ -395,7 +396,9 @@ class _Call:
     ) -> tuple[LMResponse, LMRequest, str]:
         started = time.perf_counter()
         try:
-            response = await self.lm.complete(request, sample=sample)
+            response = await _charged(self.lm, request, sample)
+        except SpendLimitError:
+            raise  # nothing was sent: not a call to log
         except LMStatusError as exc:
             self._log(request, entry, error=f"{type(exc).__name__}: {exc}", started=started)
             if request.response_format is None or exc.status not in _REFUSAL_STATUSES:
@@ -403,7 +406,9 @@ class _Call:
             plain = dataclasses.replace(request, response_format=None)
             started = time.perf_counter()
             try:
-                response = await self.lm.complete(plain, sample=sample)
+                response = await _charged(self.lm, plain, sample)
+            except SpendLimitError:
+                raise
             except Exception as again:
                 self._log(plain, entry, error=f"{type(again).__name__}: {again}", started=started)
                 raise
@@ -460,6 +465,25 @@ class _Entry:
     number: int
     note: str
     repair: bool
+
+
+async def _charged(lm: LM, request: LMRequest, sample: int) -> LMResponse:
+    """``lm.complete``, checked against and charged to the spend meter of the scope, if any.
+
+    A request the meter refuses raises :class:`~rhizome.engine.errors.SpendLimitError`
+    before anything is sent (and is not logged as a call).
+    """
+    meter = current_meter()
+    if meter is None:
+        return await lm.complete(request, sample=sample)
+    meter.admit()
+    try:
+        response = await lm.complete(request, sample=sample)
+    except BaseException:
+        meter.settle(None)
+        raise
+    meter.settle(response.usage, cached=response.cached, cost=response.cost)
+    return response
 
 
 def _reply_text(choice: Choice | None) -> str:
