@@ -63,6 +63,18 @@ class RunRecorder:
         with open(self.path / name, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(jsonable(row), ensure_ascii=False) + "\n")
 
+    def keep_rows(self, name: str, rows: Iterable[dict[str, Any]]) -> None:
+        """Replace ``name`` with ``rows`` (what :func:`read_jsonl` read back), atomically.
+
+        A resumed run calls it first, so that a line torn by a killed process
+        does not glue itself to the next line appended.
+        """
+        tmp = self.path / f"{name}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(jsonable(row), ensure_ascii=False) + "\n")
+        os.replace(tmp, self.path / name)
+
     def write_results(self, results: Iterable[Any]) -> None:
         """Write per-example results and a sample of their traces, replacing earlier ones.
 

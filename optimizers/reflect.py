@@ -43,6 +43,7 @@ from rhizome.optimizers.metrics import Metric, metric_name
 from rhizome.optimizers.records import RunRecorder, read_jsonl
 from rhizome.optimizers.reflection import (
     blamed_node,
+    demo_pool,
     dossier,
     offered_slots,
     pareto_front_of,
@@ -111,7 +112,8 @@ class Reflect:
         slots: What the reflection may change: ``"instruction"`` always, and
             any of ``"demos"`` (how many labelled demos a node shows),
             ``"temperature"``, ``"k"`` (retrieval nodes).
-        max_demos: The most labelled demos the reflection may give a node.
+        max_demos: The most demos the reflection may give a node (from the
+            minibatch's passing traces first, then labelled from the trainset).
         select: ``"blame"`` (the node the feedback names, else round-robin)
             or ``"round_robin"``.
         merge: Also try merging two candidates that changed different nodes.
@@ -195,6 +197,8 @@ class Reflect:
         rows = read_jsonl(self.run_dir / LOG) if self.run_dir is not None else []
         _check_settings(rows, self._settings(len(val)))
         recorder = RunRecorder.create(self.run_dir, kind="reflect", config=self._config())
+        if recorder is not None and rows:
+            recorder.keep_rows(LOG, rows)
         spent = _summed([r.get("usage", {}) for r in rows])
         with budget_meter(self.budget, spent) as meter:
             run = _Run(self, graph, train, val, recorder, meter)
@@ -423,6 +427,8 @@ class _Run:
             return None
         row.update(node=node, proposal=proposal)
         child = changes | proposal
+        if any(c.changes == child for c in s.candidates):
+            return row | {"accepted": False, "note": "the child is already in the pool"}
         tried = await self._score(child, examples)
         if tried is None:
             return None
@@ -454,7 +460,10 @@ class _Run:
         s = self.s
         program = self.graph.with_parameters(changes)
         instruction = dict(program.named_predictors())[node].instruction
-        offered = offered_slots(program, node, s.slots, max_demos=s.max_demos)
+        demos = demo_pool(
+            program, node, ran.results, self.train, threshold=s.threshold, limit=s.max_demos
+        )
+        offered = offered_slots(program, node, s.slots, max_demos=len(demos))
         inputs = reflection_inputs(program, node, instruction, dossier(ran.results, node), offered)
         lm = s.reflection_lm or s.lm
         with metered() as own:
@@ -469,9 +478,7 @@ class _Run:
         text = str(reply.get("new_instruction", "")).strip() if reply is not None else ""
         proposal: dict[str, Any] = {f"{node}.instruction": text or instruction}
         settings = str(reply.get("settings", "")) if reply is not None else ""
-        proposal |= read_settings(
-            settings, offered, graph=program, path=node, trainset=self.train, max_demos=s.max_demos
-        )
+        proposal |= read_settings(settings, offered, demos=demos)
         return proposal
 
     # -- merging -----------------------------------------------------------------

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from rhizome.engine.call.parsing import format_value
 from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.predict import Predict
-from rhizome.optimizers.base import labeled_demos
+from rhizome.optimizers.base import demos_from_trace, labeled_demos
 from rhizome.optimizers.describe import describe_graph, describe_node
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ __all__ = (
     "REFLECT_INSTRUCTION",
     "REFLECT_SIGNATURE",
     "blamed_node",
+    "demo_pool",
     "dossier",
     "offered_slots",
     "pareto_front_of",
@@ -126,10 +127,33 @@ def blamed_node(
     return next((p for p in paths if counts[p] == best), None) if best > 0 else None
 
 
+def demo_pool(
+    graph: Graph,
+    path: str,
+    results: Sequence[ExampleResult],
+    trainset: Sequence[Example],
+    *,
+    threshold: float,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Demos the reflection may give node ``path``: from passing traces first, then labelled."""
+    found: list[dict[str, Any]] = []
+    for r in results:
+        if r.score >= threshold and r.error is None and r.trace is not None:
+            found += demos_from_trace(r.trace, [path])[path][:1]
+    predictor = dict(graph.named_predictors())[path]
+    found += labeled_demos(predictor, trainset)
+    unique = {json.dumps(d, sort_keys=True, default=str): d for d in found}
+    return list(unique.values())[:limit]
+
+
 def offered_slots(
     graph: Graph, path: str, slots: Sequence[str], *, max_demos: int
 ) -> dict[str, str]:
-    """The settings offered beside the instruction: parameter name -> how to read a value."""
+    """The settings offered beside the instruction: parameter name -> how to read a value.
+
+    ``max_demos`` is how many demos are at hand for the node (0: demos not offered).
+    """
     params = graph.named_parameters()
     offered: dict[str, str] = {}
     if "temperature" in slots and f"{path}.temperature" in params:
@@ -163,10 +187,7 @@ def read_settings(
     text: str,
     offered: Mapping[str, str],
     *,
-    graph: Graph,
-    path: str,
-    trainset: Sequence[Example],
-    max_demos: int,
+    demos: Sequence[Mapping[str, Any]],
 ) -> dict[str, Any]:
     """The parameter changes named in the reflection LM's ``settings`` answer.
 
@@ -185,9 +206,8 @@ def read_settings(
             out[target] = round(value, 2)
         elif target.endswith(".k") and value == int(value) and 1 <= value <= 20:
             out[target] = int(value)
-        elif target.endswith(".demos") and value == int(value) and 0 <= value <= max_demos:
-            predictor = dict(graph.named_predictors())[path]
-            out[target] = labeled_demos(predictor, trainset)[: int(value)]
+        elif target.endswith(".demos") and value == int(value) and 0 <= value <= len(demos):
+            out[target] = [dict(d) for d in demos[: int(value)]]
     return out
 
 

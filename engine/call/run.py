@@ -34,7 +34,6 @@ from anyio.lowlevel import RunVar
 
 from rhizome.engine.call.signature import Signature
 from rhizome.engine.client.protocol import LM, Choice, LMRequest, LMResponse, ToolCall, Usage
-from rhizome.engine.client.usage import current_meter
 from rhizome.engine.context import resolve_lm, settings
 from rhizome.engine.errors import LMStatusError, ParseError, SignatureError, SpendLimitError
 from rhizome.engine.trace import LMCall, current_record, log_call
@@ -396,9 +395,9 @@ class _Call:
     ) -> tuple[LMResponse, LMRequest, str]:
         started = time.perf_counter()
         try:
-            response = await _charged(self.lm, request, sample)
+            response = await self.lm.complete(request, sample=sample)
         except SpendLimitError:
-            raise  # nothing was sent: not a call to log
+            raise  # refused by an optimizer's budget before sending: not a call to log
         except LMStatusError as exc:
             self._log(request, entry, error=f"{type(exc).__name__}: {exc}", started=started)
             if request.response_format is None or exc.status not in _REFUSAL_STATUSES:
@@ -406,7 +405,7 @@ class _Call:
             plain = dataclasses.replace(request, response_format=None)
             started = time.perf_counter()
             try:
-                response = await _charged(self.lm, plain, sample)
+                response = await self.lm.complete(plain, sample=sample)
             except SpendLimitError:
                 raise
             except Exception as again:
@@ -465,25 +464,6 @@ class _Entry:
     number: int
     note: str
     repair: bool
-
-
-async def _charged(lm: LM, request: LMRequest, sample: int) -> LMResponse:
-    """``lm.complete``, checked against and charged to the spend meter of the scope, if any.
-
-    A request the meter refuses raises :class:`~rhizome.engine.errors.SpendLimitError`
-    before anything is sent (and is not logged as a call).
-    """
-    meter = current_meter()
-    if meter is None:
-        return await lm.complete(request, sample=sample)
-    meter.admit()
-    try:
-        response = await lm.complete(request, sample=sample)
-    except BaseException:
-        meter.settle(None)
-        raise
-    meter.settle(response.usage, cached=response.cached, cost=response.cost)
-    return response
 
 
 def _reply_text(choice: Choice | None) -> str:

@@ -50,6 +50,11 @@ class Prices:
         ) / 1_000_000
 
 
+_METER: contextvars.ContextVar[SpendMeter | None] = contextvars.ContextVar(
+    "rhizome_spend_meter", default=None
+)
+
+
 _FIELDS = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "cost", "errors", "retries")
 
 
@@ -76,7 +81,14 @@ class UsageTracker:
         self.retries = 0
 
     def add_request(self) -> None:
-        """Count one HTTP request sent."""
+        """Count one HTTP request about to be sent (and charge the scope's spend meter).
+
+        Raises:
+            SpendLimitError: The spend meter of the scope refused it; nothing is sent.
+        """
+        meter = _METER.get()
+        if meter is not None:
+            meter.charge_request()
         with self._lock:
             self.calls += 1
 
@@ -87,6 +99,9 @@ class UsageTracker:
 
     def add_cache_hit(self) -> None:
         """Count one reply served from the cache."""
+        meter = _METER.get()
+        if meter is not None:
+            meter.charge_cache_hit()
         with self._lock:
             self.cache_hits += 1
 
@@ -97,6 +112,9 @@ class UsageTracker:
 
     def add_tokens(self, usage: Usage, cost: float = 0.0) -> None:
         """Add the tokens and cost of one successful reply."""
+        meter = _METER.get()
+        if meter is not None:
+            meter.charge_tokens(usage, cost)
         with self._lock:
             self.prompt_tokens += usage.prompt_tokens
             self.completion_tokens += usage.completion_tokens
@@ -118,35 +136,28 @@ class UsageTracker:
         return f"UsageTracker({fields})"
 
 
-_METER: contextvars.ContextVar[SpendMeter | None] = contextvars.ContextVar(
-    "rhizome_spend_meter", default=None
-)
-
-
 @dataclasses.dataclass(kw_only=True)
 class SpendMeter:
-    """Counts every LM request made in a scope and refuses those past its limits.
+    """Counts every LM request made in a scope and refuses those past its call limit.
 
     An optimizer opens one with :func:`metered` around everything it runs —
-    set-up, proposals, trials, full evaluations, an LLM judge — and the one LM
-    call path (:mod:`rhizome.engine.call.run`) checks it before each request
-    and charges it after. A request is refused when the calls already sent
-    plus those in flight reach ``max_calls`` (or spent tokens or cost reach
-    theirs), so a call limit is never exceeded at the server. Token and cost
-    limits cannot be kept per request (a reply's size is known only once it
-    came), so they do not refuse requests: :meth:`full` reports them reached
-    and the optimizer starts no further work. Meters nest: a request is
-    charged to the meter of its scope and to every meter around it.
+    set-up, proposals, trials, full evaluations, an LLM judge — and every
+    client's :class:`UsageTracker` charges the meter of the scope it is called
+    in: a request just before it is sent (every HTTP attempt, retries
+    included), a reply served from the response cache, the tokens of a
+    reply. A request that would pass ``max_calls`` is refused with
+    :class:`~rhizome.engine.errors.SpendLimitError` before it is sent, so a
+    call limit is never exceeded at the server, and a cache hit is never
+    refused. Token and cost limits cannot be kept per request (a reply's size
+    is known only once it came), so they refuse nothing: :meth:`full` reports
+    them reached and the optimizer starts no further work. Meters nest: a
+    request is charged to the meter of its scope and to every meter around it.
 
     Counters:
-        calls: Requests sent to a server (a failed one included).
+        calls: Requests sent to a server (failed ones and retries included).
         cache_hits: Replies served from the response cache (not counted as calls).
-        prompt_tokens / completion_tokens / cost: Of every reply, cached ones included.
-        refused: Requests refused by a limit.
-        in_flight: Requests sent and not yet answered.
-
-    A retry the HTTP client makes by itself after a server error is part of
-    one request here (``lm.usage.retries`` counts them).
+        prompt_tokens / completion_tokens / cost: Of the replies servers sent.
+        refused: Requests refused by a call limit.
     """
 
     max_calls: int | None = None
@@ -159,7 +170,6 @@ class SpendMeter:
     completion_tokens: int = 0
     cost: float = 0.0
     refused: int = 0
-    in_flight: int = 0
 
     @property
     def tokens(self) -> int:
@@ -167,23 +177,18 @@ class SpendMeter:
         return self.prompt_tokens + self.completion_tokens
 
     def room(self) -> int | None:
-        """Requests that may still be sent under ``max_calls`` (None: no call limit)."""
-        rooms = [
-            m.max_calls - m.calls - m.in_flight for m in self._chain() if m.max_calls is not None
-        ]
+        """Requests that may still be sent under the call limits (None: no call limit)."""
+        rooms = [m.max_calls - m.calls for m in self._chain() if m.max_calls is not None]
         return max(0, min(rooms)) if rooms else None
 
     def full(self) -> bool:
         """Whether a limit of this meter or of one around it is reached."""
         return any(
-            m._calls_full()
+            (m.max_calls is not None and m.calls >= m.max_calls)
             or (m.max_tokens is not None and m.tokens >= m.max_tokens)
             or (m.max_cost is not None and m.cost >= m.max_cost)
             for m in self._chain()
         )
-
-    def _calls_full(self) -> bool:
-        return self.max_calls is not None and self.calls + self.in_flight >= self.max_calls
 
     def _chain(self) -> list[SpendMeter]:
         chain: list[SpendMeter] = []
@@ -193,11 +198,15 @@ class SpendMeter:
             meter = meter.parent
         return chain
 
-    def admit(self) -> None:
-        """Reserve one request, or raise :class:`SpendLimitError` when the call limit is reached."""
+    def charge_request(self) -> None:
+        """Count one request about to be sent, or refuse it when a call limit is reached.
+
+        Raises:
+            SpendLimitError: This meter or one around it has no call left.
+        """
         chain = self._chain()
         for meter in chain:
-            if meter._calls_full():
+            if meter.max_calls is not None and meter.calls >= meter.max_calls:
                 for m in chain:
                     m.refused += 1
                 raise SpendLimitError(
@@ -205,20 +214,19 @@ class SpendMeter:
                     "no further LM request is sent"
                 )
         for meter in chain:
-            meter.in_flight += 1
+            meter.calls += 1
 
-    def settle(self, usage: Usage | None, *, cached: bool = False, cost: float = 0.0) -> None:
-        """Charge a reserved request: its reply's usage, or None when it failed."""
+    def charge_cache_hit(self) -> None:
+        """Count one reply served from the response cache."""
         for meter in self._chain():
-            meter.in_flight -= 1
-            if cached:
-                meter.cache_hits += 1
-            else:
-                meter.calls += 1
-            if usage is not None:
-                meter.prompt_tokens += usage.prompt_tokens
-                meter.completion_tokens += usage.completion_tokens
-                meter.cost += cost
+            meter.cache_hits += 1
+
+    def charge_tokens(self, usage: Usage, cost: float = 0.0) -> None:
+        """Count the tokens and cost of one reply a server sent."""
+        for meter in self._chain():
+            meter.prompt_tokens += usage.prompt_tokens
+            meter.completion_tokens += usage.completion_tokens
+            meter.cost += cost
 
     def preload(self, spent: Mapping[str, float]) -> None:
         """Count what an earlier, interrupted run of the same work spent (a resume)."""

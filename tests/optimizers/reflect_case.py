@@ -92,4 +92,5 @@ def search(url: str, run_dir: Path | None = None, **options: Any) -> Reflect:
 
 if __name__ == "__main__":  # python -m tests.optimizers.reflect_case URL RUN_DIR [CALLS]
     cap = Budget(calls=int(sys.argv[3])) if len(sys.argv) > 3 else None
-    anyio.run(lambda: search(sys.argv[1], Path(sys.argv[2]), budget=cap).optimize(graph(), DATA))
+    run = search(sys.argv[1], Path(sys.argv[2]), budget=cap, max_iterations=8)
+    anyio.run(lambda: run.optimize(graph(), DATA))
