@@ -122,7 +122,7 @@ async def test_cache_hits_are_reported_apart_and_do_not_spend_the_call_limit(
             await Evaluate(graph, data, exact_match(), lm=lm, progress=False)
             await Evaluate(graph, data, exact_match(), lm=lm, progress=False)
             assert (meter.calls, meter.cache_hits) == (3, 3)
-            with pytest.raises(NodeError, match="SpendLimitError: .*3 of 3 calls"):
+            with pytest.raises(NodeError, match=r"SpendLimitError: .*3 of 3 calls"):
                 await graph.run({"question": "new"}, lm=lm)
     finally:
         cache.close()
