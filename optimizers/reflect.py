@@ -421,7 +421,7 @@ class _Run:
         row["metric_calls"] = len(batch)
         if all(r.score >= s.threshold for r in ran.results):
             return row | {"node": None, "accepted": False, "note": "parent solved the minibatch"}
-        node = self._node(it, ran)
+        node = self._node(ran)
         proposal = await self._propose(it, changes, node, ran)
         if proposal is None:
             return None
@@ -446,12 +446,13 @@ class _Run:
             )
         return row
 
-    def _node(self, it: int, ran: EvaluationResult) -> str:
+    def _node(self, ran: EvaluationResult) -> str:
         if self.s.select == "blame":
             blamed = blamed_node(ran.results, self.paths, self.s.threshold)
             if blamed is not None:
                 return blamed
-        return self.paths[it % len(self.paths)]
+        turn = sum(st.get("kind") == "reflect" for st in self.s.steps)
+        return self.paths[turn % len(self.paths)]
 
     async def _propose(
         self, it: int, changes: Mapping[str, Any], node: str, ran: EvaluationResult

@@ -26,7 +26,7 @@ EXPECTED = {
     "llm_judge", "local_lm", "make_http_get", "make_search_tool", "numeric_match",
     "propose_instructions", "route_to", "token_f1", "tool",
     "Limits", "RequestDefaults", "RetryPolicy", "SearchSpaceConfig", "TrialSchedule",
-    "Score",
+    "Score", "Reflect", "GEPA", "SpendLimitError",
 }  # fmt: skip
 
 

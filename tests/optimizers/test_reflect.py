@@ -15,7 +15,7 @@ from rhizome.engine.graphs.graph import Graph
 from rhizome.nodes.predict import Predict
 from rhizome.optimizers.bootstrap import BootstrapFewShot
 from rhizome.optimizers.joint import JointSearch
-from rhizome.optimizers.metrics import exact_match
+from rhizome.optimizers.metrics import Score, exact_match
 from rhizome.optimizers.reflect import GEPA, Reflect
 from rhizome.optimizers.reflection import pareto_front_of
 from rhizome.optimizers.trials import Budget
@@ -100,9 +100,10 @@ async def test_the_pool_keeps_a_candidate_that_is_best_on_one_example_only(
     assert s.front == {0: 3, 1: 1}
     assert s.best_index == 0
     assert s.best_score == 0.75
-    assert best.named_parameters()["answer.instruction"] == graph.named_parameters()[
-        "answer.instruction"
-    ]
+    assert (
+        best.named_parameters()["answer.instruction"]
+        == graph.named_parameters()["answer.instruction"]
+    )
 
 
 @pytest.mark.parametrize("cap", [13, 30, 47])
@@ -203,3 +204,45 @@ async def test_a_run_directory_of_other_settings_is_refused(
     await case.search(server.url, tmp_path, max_iterations=1).optimize(case.graph(), case.DATA)
     with pytest.raises(ConfigError, match="fresh run_dir"):
         await case.search(server.url, tmp_path, seed=9).optimize(case.graph(), case.DATA)
+
+
+async def test_merge_combines_two_candidates_that_improved_different_nodes(
+    server: OpenAIServer,
+) -> None:
+    # Each key earns part of the credit, more on even questions for KEY1 and on
+    # odd ones for KEY2, so two one-key children share the front; merged, they
+    # score 1.0 without a third reflection. (q5 keeps the seed on the front, and
+    # seed 6 draws the seed as the second reflection's parent.)
+    def credit(example: Any, prediction: Any, trace: Any = None) -> Score:
+        n = int(example["question"][1:])
+        part = 0.6 if n % 2 == 0 else 0.4
+        marked = str(trace.node("rewrite").outputs["query"]).endswith("!")
+        right = prediction["answer"] == example["answer"]
+        if n == 5 and not (marked or right):  # the seed stays on the front
+            return Score(1.0)
+        feedback = {} if marked else {"rewrite": "add KEY1"}
+        feedback |= {} if right else {"answer": "add KEY2"}
+        return Score(part * marked + (1 - part) * right, node_feedback=feedback)
+
+    def responder(body: dict[str, Any]) -> str:
+        schema = json.dumps(body.get("response_format", {}))
+        if "query" in schema and "new_instruction" not in schema:
+            return str(case.planted(body))
+        if "new_instruction" in schema:
+            return str(case.planted(body))
+        query = re.findall(r"<query>\n(.*?)\n</query>", str(body["messages"][-1]["content"]))[0]
+        right = "KEY2" in str(body["messages"][0]["content"])
+        return json.dumps({"answer": f"a{query[1:-1]}" if right else "wrong"})
+
+    server.responder = responder
+    s = case.search(
+        server.url, merge=True, select="round_robin", max_iterations=4, minibatch_size=3, seed=6
+    )
+    s.metric = credit
+    await s.optimize(case.graph(), case.DATA)
+    kinds = [(st["kind"], st.get("node"), st.get("accepted")) for st in s.steps]
+    assert ("merge", "merge", True) in kinds, kinds
+    merged = next(c for c in s.candidates if c.node == "merge")
+    assert set(merged.changes) == {"rewrite.instruction", "answer.instruction"}
+    assert merged.score == 1.0
+    assert s.best_score == 1.0
