@@ -451,7 +451,7 @@ class _Run:
             blamed = blamed_node(ran.results, self.paths, self.s.threshold)
             if blamed is not None:
                 return blamed
-        turn = sum(st.get("kind") == "reflect" for st in self.s.steps)
+        turn = sum(1 for st in self.s.steps if st.get("kind") == "reflect")
         return self.paths[turn % len(self.paths)]
 
     async def _propose(
