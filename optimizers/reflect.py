@@ -52,7 +52,7 @@ from rhizome.optimizers.reflection import (
     reflector,
     weighted_pick,
 )
-from rhizome.optimizers.trials import Budget, budget_meter
+from rhizome.optimizers.trials import Budget, budget_meter, summed_usage
 
 if TYPE_CHECKING:
     from rhizome.engine.client.protocol import LM
@@ -199,7 +199,7 @@ class Reflect:
         recorder = RunRecorder.create(self.run_dir, kind="reflect", config=self._config())
         if recorder is not None and rows:
             recorder.keep_rows(LOG, rows)
-        spent = _summed([r.get("usage", {}) for r in rows])
+        spent = summed_usage([r.get("usage", {}) for r in rows])
         with budget_meter(self.budget, spent) as meter:
             run = _Run(self, graph, train, val, recorder, meter)
             run.replay(rows)
@@ -261,15 +261,6 @@ def _check_settings(rows: Sequence[Mapping[str, Any]], settings: Mapping[str, An
             f"the run directory holds a Reflect run with other settings ({seed.get('settings')}); "
             f"this one has {dict(settings)}. Use a fresh run_dir, or the same settings to resume"
         )
-
-
-def _summed(usages: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for usage in usages:
-        for key, value in usage.items():
-            if key != "refused":
-                out[key] = out.get(key, 0) + value
-    return out
 
 
 class _Run:

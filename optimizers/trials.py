@@ -42,6 +42,7 @@ __all__ = (
     "per_example_cost",
     "per_example_usage",
     "spent_by",
+    "summed_usage",
 )
 
 
@@ -127,16 +128,17 @@ def affordable(meter: SpendMeter, n: int, per_example: Mapping[str, float]) -> i
 
 def spent_by(trials: Sequence[Trial]) -> dict[str, float]:
     """What the recorded trials (set-up rows included) spent, summed."""
-    spend = Spend()
-    for t in trials:
-        spend.add(t.usage)
-    return {
-        "calls": spend.calls,
-        "cache_hits": spend.cache_hits,
-        "prompt_tokens": spend.prompt_tokens,
-        "completion_tokens": spend.completion_tokens,
-        "cost": spend.cost,
-    }
+    return summed_usage([t.usage for t in trials])
+
+
+def summed_usage(usages: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Usages (calls, cache hits, tokens, cost) added up, in :meth:`SpendMeter.snapshot`'s keys."""
+    meter = SpendMeter()
+    for usage in usages:
+        meter.preload(usage)
+    total = meter.snapshot()
+    total.pop("refused")
+    return total
 
 
 def per_example_usage(trials: Sequence[Trial], *, prior_calls: int) -> dict[str, float]:
@@ -155,35 +157,21 @@ def per_example_usage(trials: Sequence[Trial], *, prior_calls: int) -> dict[str,
 
 @dataclasses.dataclass(kw_only=True)
 class Spend:
-    """Running totals of LM calls (sent to a server), cache hits, tokens and cost."""
+    """Running totals of LM calls, tokens and cost."""
 
     calls: int = 0
-    cache_hits: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    tokens: int = 0
     cost: float = 0.0
 
-    @property
-    def tokens(self) -> int:
-        """Prompt plus completion tokens."""
-        return self.prompt_tokens + self.completion_tokens
-
     def add(self, usage: Mapping[str, float]) -> None:
-        """Add an evaluation's usage (calls, cache hits, prompt and completion tokens, cost)."""
+        """Add an evaluation's usage (calls, prompt and completion tokens, cost)."""
         self.calls += int(usage.get("calls", 0))
-        self.cache_hits += int(usage.get("cache_hits", 0))
-        self.prompt_tokens += int(usage.get("prompt_tokens", 0))
-        self.completion_tokens += int(usage.get("completion_tokens", 0))
+        self.tokens += int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
         self.cost += float(usage.get("cost", 0.0))
 
     def as_dict(self) -> dict[str, float]:
         """The totals as JSON-ready data."""
-        return {
-            "calls": self.calls,
-            "cache_hits": self.cache_hits,
-            "tokens": self.tokens,
-            "cost": self.cost,
-        }
+        return {"calls": self.calls, "tokens": self.tokens, "cost": self.cost}
 
 
 def per_example_cost(usage: Mapping[str, float], n: int) -> float:
