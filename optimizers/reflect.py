@@ -417,6 +417,9 @@ class _Run:
         if proposal is None:
             return None
         row.update(node=node, proposal=proposal)
+        current = self.graph.with_parameters(changes).named_parameters()
+        if all(current.get(name) == value for name, value in proposal.items()):
+            return row | {"accepted": False, "note": "the reflection changed nothing"}
         child = changes | proposal
         if any(c.changes == child for c in s.candidates):
             return row | {"accepted": False, "note": "the child is already in the pool"}

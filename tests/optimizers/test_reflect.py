@@ -246,3 +246,22 @@ async def test_merge_combines_two_candidates_that_improved_different_nodes(
     assert set(merged.changes) == {"rewrite.instruction", "answer.instruction"}
     assert merged.score == 1.0
     assert s.best_score == 1.0
+
+
+async def test_a_reflection_that_changes_nothing_is_not_paid_for_again(
+    server: OpenAIServer,
+) -> None:
+    def responder(body: dict[str, Any]) -> str:
+        if "new_instruction" in json.dumps(body.get("response_format", {})):
+            user = str(body["messages"][-1]["content"])
+            same = re.findall(r"<current_instruction>\n(.*?)\n</current_instruction>", user)[0]
+            return json.dumps({"new_instruction": same, "settings": "none"})
+        return str(case.planted(body))
+
+    server.responder = responder
+    s = case.search(server.url, max_iterations=1)
+    await s.optimize(case.graph(), case.DATA)
+    assert s.steps[0]["note"] == "the reflection changed nothing"
+    # The seed on the valset (6 x 2), the parent on the minibatch (2 x 2), one reflection.
+    assert server.request_count == 12 + 4 + 1
+    assert len(s.candidates) == 1
