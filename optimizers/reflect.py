@@ -45,6 +45,7 @@ from rhizome.optimizers.reflection import (
     blamed_node,
     demo_pool,
     dossier,
+    echoed,
     offered_slots,
     pareto_front_of,
     read_settings,
@@ -471,7 +472,9 @@ class _Run:
             return None
         self.rates["reflect"] = max(self.rates["reflect"], float(own.calls + own.cache_hits))
         text = str(reply.get("new_instruction", "")).strip() if reply is not None else ""
-        proposal: dict[str, Any] = {f"{node}.instruction": text or instruction}
+        if echoed(text, inputs):  # no instruction in it: keep the current one
+            text = instruction
+        proposal: dict[str, Any] = {f"{node}.instruction": text}
         settings = str(reply.get("settings", "")) if reply is not None else ""
         proposal |= read_settings(settings, offered, demos=demos)
         return proposal

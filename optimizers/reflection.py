@@ -18,6 +18,7 @@ of examples.
 
 from __future__ import annotations
 
+import difflib
 import json
 import random
 import re
@@ -40,6 +41,7 @@ __all__ = (
     "blamed_node",
     "demo_pool",
     "dossier",
+    "echoed",
     "offered_slots",
     "pareto_front_of",
     "read_settings",
@@ -229,6 +231,29 @@ def reflection_inputs(
         "examples": examples_text,
         "adjustable": describe_offer(offered),
     }
+
+
+ECHO_RATIO = 0.8
+
+
+def echoed(text: str, inputs: Mapping[str, str]) -> bool:
+    """Whether a proposed instruction is too short or mostly a copy of a shown input.
+
+    Small reflection models often answer with the program's description or
+    the examples instead of an instruction; such a proposal is not worth
+    scoring.
+    """
+    if len(text.split()) < MIN_WORDS:
+        return True
+    shown = [v for k, v in inputs.items() if k != "current_instruction"]
+    return any(
+        difflib.SequenceMatcher(None, text, value, autojunk=False).ratio() >= ECHO_RATIO
+        or (len(text) > 40 and text in value)
+        for value in shown
+    )
+
+
+MIN_WORDS = 3
 
 
 def pareto_front_of(scores: Sequence[Sequence[float]]) -> dict[int, int]:

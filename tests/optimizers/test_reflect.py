@@ -17,7 +17,7 @@ from rhizome.optimizers.bootstrap import BootstrapFewShot
 from rhizome.optimizers.joint import JointSearch
 from rhizome.optimizers.metrics import Score, exact_match
 from rhizome.optimizers.reflect import GEPA, Reflect
-from rhizome.optimizers.reflection import pareto_front_of
+from rhizome.optimizers.reflection import echoed, pareto_front_of
 from rhizome.optimizers.trials import Budget
 from tests.optimizers import reflect_case as case
 from tests.server import OpenAIServer
@@ -64,6 +64,19 @@ async def test_feedback_reaches_the_reflection_prompt_for_the_node_it_is_aimed_a
     assert [st["node"] for st in s.steps[:2]] == ["rewrite", "answer"]
 
 
+def test_a_proposal_that_echoes_the_prompt_is_not_an_instruction() -> None:
+    inputs = {
+        "program": "Program 'two': inputs question -> outputs answer\n- node rewrite: Predict",
+        "examples": "### Example 1 (score 0.00)\nStep input question: q1",
+        "current_instruction": "Rewrite the question.",
+    }
+    copied = "Program 'two': inputs question -> outputs answer - node rewrite: Predict"
+    assert echoed(copied, inputs)
+    assert echoed("query", inputs)
+    assert echoed("### Example 1 (score 0.00)\nStep input question: q1", inputs)
+    assert not echoed("Rewrite the question and end the query with an exclamation mark.", inputs)
+
+
 def test_the_front_keeps_every_program_that_is_best_on_some_example() -> None:
     scores = [[0.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
     assert pareto_front_of(scores) == {1: 2, 2: 1}
@@ -79,7 +92,8 @@ async def test_the_pool_keeps_a_candidate_that_is_best_on_one_example_only(
     def responder(body: dict[str, Any]) -> str:
         user = str(body["messages"][-1]["content"])
         if "new_instruction" in json.dumps(body.get("response_format", {})):
-            return json.dumps({"new_instruction": "SPECIAL answer.", "settings": "none"})
+            text = "SPECIAL: answer the question."
+            return json.dumps({"new_instruction": text, "settings": "none"})
         n = int(re.findall(r"q(\d)", user)[-1])
         special = "SPECIAL" in str(body["messages"][0]["content"])
         return json.dumps({"answer": f"a{n}" if (n == 3) == special else "wrong"})
@@ -152,7 +166,7 @@ async def test_reflection_may_set_temperature_and_demos_through_the_parameter_do
     def responder(body: dict[str, Any]) -> str:
         if "new_instruction" in json.dumps(body.get("response_format", {})):
             settings = "temperature=0.3, demos=2, bogus=4, answer.temperature=0.9, k=0"
-            return json.dumps({"new_instruction": "KEY2 answer.", "settings": settings})
+            return json.dumps({"new_instruction": "KEY2 answer it.", "settings": settings})
         return case.planted(body)  # type: ignore[return-value]
 
     server.responder = responder
