@@ -425,7 +425,7 @@ class JointSearch:
         row.usage = setup.snapshot()
         if recorder is not None:  # the set-up's spend first, so a resume counts it
             recorder.append("trials.jsonl", row.to_row())
-        if self.run_dir is not None:
+        if self.run_dir is not None and not setup.refused:  # a space cut short is not kept
             save_space(self.run_dir, settings, space)
         return space, [row]
 

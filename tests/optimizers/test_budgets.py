@@ -18,6 +18,7 @@ from rhizome.nodes.predict import Predict
 from rhizome.optimizers.evaluate import Evaluate
 from rhizome.optimizers.joint import JointSearch
 from rhizome.optimizers.metrics import exact_match
+from rhizome.optimizers.records import read_jsonl
 from rhizome.optimizers.trials import Budget
 from tests.reliability import search_case
 from tests.server import OpenAIServer
@@ -66,6 +67,9 @@ async def test_joint_search_never_passes_a_hard_call_cap_set_up_included(
     summary = json.loads((tmp_path / "run.json").read_text())["summary"]
     assert summary["spent"]["calls"] == server.request_count
     assert summary["spent"]["setup"] == s.spent["setup"]
+    # A set-up the budget cut short is not saved: a resumed run builds it again.
+    (setup,) = [r for r in read_jsonl(tmp_path / "trials.jsonl") if r["kind"] == "setup"]
+    assert (tmp_path / "space.json").exists() == (setup["usage"]["refused"] == 0)
 
 
 async def test_an_unlimited_run_reports_what_it_spent_and_repeats_no_example(
