@@ -238,12 +238,13 @@ class SpendMeter:
             meter.cost += float(spent.get("cost", 0.0))
 
     def snapshot(self) -> dict[str, float]:
-        """The counters as a plain dict, in the keys of :meth:`Trace.usage` plus ``refused``."""
+        """The counters as a plain dict: :meth:`Trace.usage`'s keys, ``tokens`` and ``refused``."""
         return {
             "calls": self.calls,
             "cache_hits": self.cache_hits,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "tokens": self.tokens,
             "cost": self.cost,
             "refused": self.refused,
         }

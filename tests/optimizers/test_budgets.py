@@ -20,6 +20,7 @@ from rhizome.optimizers.joint import JointSearch
 from rhizome.optimizers.metrics import exact_match
 from rhizome.optimizers.records import read_jsonl
 from rhizome.optimizers.trials import Budget
+from rhizome.runs import read_run, trial_points
 from tests.reliability import search_case
 from tests.server import OpenAIServer
 
@@ -70,6 +71,10 @@ async def test_joint_search_never_passes_a_hard_call_cap_set_up_included(
     # A set-up the budget cut short is not saved: a resumed run builds it again.
     (setup,) = [r for r in read_jsonl(tmp_path / "trials.jsonl") if r["kind"] == "setup"]
     assert (tmp_path / "space.json").exists() == (setup["usage"]["refused"] == 0)
+    points, _ = trial_points(tmp_path)
+    assert len(points) == len(s.history), "the set-up row is no trial in reports"
+    info = read_run(tmp_path)
+    assert (info.calls, info.tokens) == (server.request_count, s.spent["tokens"])
 
 
 async def test_an_unlimited_run_reports_what_it_spent_and_repeats_no_example(
