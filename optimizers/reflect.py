@@ -368,7 +368,7 @@ class _Run:
                 row = await self._reflect(it, rng)
         if row is None or own.refused:
             return False
-        row.update(iteration=it, usage=own.snapshot())
+        row.update(iteration=it, usage=own.snapshot(), **_headline(row))
         self._record(row)
         return True
 
@@ -538,6 +538,17 @@ class _Run:
         s.front = self._front()
         s.best_index = max(range(len(s.candidates)), key=lambda c: (s.candidates[c].score, -c))
         s.best_score = s.candidates[s.best_index].score
+
+
+def _headline(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A step's score (the child's on the minibatch, else the parent's) and a label, for reports."""
+    scores = row.get("child_scores") or row.get("parent_scores") or [0.0]
+    what = row.get("note") or ("accepted" if row.get("accepted") else "rejected")
+    changed = ", ".join(sorted(row.get("proposal") or {})) or row.get("pair", "")
+    return {
+        "score": sum(scores) / len(scores),
+        "description": f"{row['kind']} {row.get('node') or ''} {changed}: {what}".strip(),
+    }
 
 
 def _merged(a: Candidate, b: Candidate) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ from rhizome.optimizers.metrics import Score, exact_match
 from rhizome.optimizers.reflect import GEPA, Reflect
 from rhizome.optimizers.reflection import echoed, pareto_front_of
 from rhizome.optimizers.trials import Budget
+from rhizome.runs import read_run, trial_points
 from tests.optimizers import reflect_case as case
 from tests.server import OpenAIServer
 
@@ -136,6 +137,9 @@ async def test_a_call_budget_is_never_exceeded_at_the_server(
     summary = json.loads((tmp_path / "run.json").read_text())["summary"]
     assert summary["spent"]["calls"] == server.request_count
     assert summary["stopped"] == "budget"
+    points, _ = trial_points(tmp_path)
+    assert len(points) == len(s.steps), "every step is a point of the run's report"
+    assert read_run(tmp_path).calls == server.request_count
 
 
 async def test_metric_calls_budget_counts_every_example_scored(server: OpenAIServer) -> None:
