@@ -414,7 +414,7 @@ class _Run:
         if all(r.score >= s.threshold for r in ran.results):
             return row | {"node": None, "accepted": False, "note": "parent solved the minibatch"}
         node = self._node(ran)
-        proposal = await self._propose(it, changes, node, ran)
+        proposal = await self._propose(it, changes, node, ran, row)
         if proposal is None:
             return None
         row.update(node=node, proposal=proposal)
@@ -450,9 +450,17 @@ class _Run:
         return self.paths[turn % len(self.paths)]
 
     async def _propose(
-        self, it: int, changes: Mapping[str, Any], node: str, ran: EvaluationResult
+        self,
+        it: int,
+        changes: Mapping[str, Any],
+        node: str,
+        ran: EvaluationResult,
+        row: dict[str, Any],
     ) -> dict[str, Any] | None:
-        """The reflection LM's changes for ``node`` (its instruction at least); None if refused."""
+        """The reflection LM's changes for ``node`` (its instruction at least); None if refused.
+
+        What the reflection LM answered goes into ``row["reflection"]`` as it came.
+        """
         s = self.s
         program = self.graph.with_parameters(changes)
         instruction = dict(program.named_predictors())[node].instruction
@@ -472,10 +480,11 @@ class _Run:
             return None
         self.rates["reflect"] = max(self.rates["reflect"], float(own.calls + own.cache_hits))
         text = str(reply.get("new_instruction", "")).strip() if reply is not None else ""
+        settings = str(reply.get("settings", "")) if reply is not None else ""
+        row["reflection"] = {"new_instruction": text, "settings": settings}
         if echoed(text, inputs):  # no instruction in it: keep the current one
             text = instruction
         proposal: dict[str, Any] = {f"{node}.instruction": text}
-        settings = str(reply.get("settings", "")) if reply is not None else ""
         proposal |= read_settings(settings, offered, demos=demos)
         return proposal
 

@@ -280,6 +280,7 @@ async def test_a_reflection_that_changes_nothing_is_not_paid_for_again(
     s = case.search(server.url, max_iterations=1)
     await s.optimize(case.graph(), case.DATA)
     assert s.steps[0]["note"] == "the reflection changed nothing"
+    assert s.steps[0]["reflection"]["new_instruction"] == "Rewrite the question."
     # The seed on the valset (6 x 2), the parent on the minibatch (2 x 2), one reflection.
     assert server.request_count == 12 + 4 + 1
     assert len(s.candidates) == 1
