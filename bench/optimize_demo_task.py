@@ -30,7 +30,7 @@ from rhizome.engine.graphs.graph import Graph
 from rhizome.optimizers.bootstrap import BootstrapFewShot
 from rhizome.optimizers.evaluate import Evaluate
 from rhizome.optimizers.joint import JointSearch
-from rhizome.optimizers.metrics import Score, exact_match
+from rhizome.optimizers.metrics import Score, exact_match, score_value
 from rhizome.optimizers.reflect import Reflect
 from rhizome.tools.embedded.lm import local_lm
 
@@ -46,7 +46,7 @@ async def _dev_score(graph: Graph, dev: list[Any], lm: LM, out: Path, name: str)
 def multihop_feedback(example: Any, prediction: Any, trace: Any = None) -> Score:
     """Exact match on the answer, with feedback for the node where the hops broke."""
     got = str(prediction["answer"]).strip()
-    if exact_match("answer")(example, prediction, trace):
+    if score_value(exact_match("answer")(example, prediction, trace)) >= 1.0:
         return Score(1.0)
     query = str(trace.node("follow_up").outputs.get("query", "")) if trace is not None else ""
     if str(example["bridge"]).lower() not in query.lower():
