@@ -6,7 +6,8 @@ neither competes with the other for the two cores:
 
 1. rhizome: the two-hop RAG graph of ``rhizome demo``, evaluated on the first
    40 dev questions, optimized with ``BootstrapFewShot`` and ``JointSearch``
-   (the settings of ``optimize_demo_task.py``), each evaluated again;
+   (the settings of ``optimize_demo_task.py``; ``--optimizers`` adds
+   ``Reflect``, scored with feedback per node), each evaluated again;
 2. DSPy 3.4.1 (``bench/dspy_optimize.py`` in ``bench/.venv-dspy``): the same
    program written as a ``dspy.Module``, evaluated, optimized with
    ``BootstrapFewShotWithRandomSearch`` and ``MIPROv2(auto="light")``, each
@@ -194,6 +195,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("optcost"))
     parser.add_argument("--dev-size", type=int, default=40)
     parser.add_argument("--trials", type=int, default=12, help="JointSearch trials")
+    parser.add_argument("--val-size", type=int, default=30, help="rhizome validation questions")
+    parser.add_argument(
+        "--optimizers", default="BootstrapFewShot,JointSearch", help="rhizome: which optimizers"
+    )
+    parser.add_argument("--reflect-iterations", type=int, default=8, help="Reflect steps at most")
     parser.add_argument("--candidates", type=int, default=4, help="DSPy random-search programs")
     parser.add_argument("--sides", default="rhizome,dspy")
     parser.add_argument("--dspy-optimizers", default="bfrs,mipro")

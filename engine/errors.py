@@ -11,6 +11,7 @@ rhizome::
     ├── ConfigError(ValueError)         missing or contradictory configuration (no LM, bad key)
     ├── SaveError(ValueError)           a saved program cannot be loaded onto this graph
     ├── NodeError(RuntimeError)         a node failed while running (carries node name and kind)
+    ├── SpendLimitError(RuntimeError)   a spend meter's limit refused an LM request
     │   └── NodeTimeoutError(TimeoutError)
     └── LMError(RuntimeError)           the LM endpoint could not give an answer
         ├── LMStatusError               a non-retryable HTTP status, or retries exhausted
@@ -37,6 +38,7 @@ __all__ = (
     "RhizomeError",
     "SaveError",
     "SignatureError",
+    "SpendLimitError",
     "describe",
 )
 
@@ -121,6 +123,14 @@ class LMStatusError(LMError):
 
 class LMConnectionError(LMError):
     """The endpoint could not be reached."""
+
+
+class SpendLimitError(RhizomeError, RuntimeError):
+    """A spend meter's limit (an optimizer's budget) refused to send another LM request.
+
+    Raised before the request is sent, so the limit is never exceeded; an
+    optimizer that meets it stops and reports ``stopped="budget"``.
+    """
 
 
 class LMTimeoutError(LMError, TimeoutError):

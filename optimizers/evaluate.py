@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rhizome.engine.example import Example, Prediction
-from rhizome.optimizers.metrics import Metric, call_metric, metric_name, metric_traces
+from rhizome.optimizers.metrics import (
+    Metric,
+    Score,
+    call_metric_scored,
+    metric_name,
+    metric_traces,
+)
 from rhizome.optimizers.records import RunRecorder
 
 if TYPE_CHECKING:
@@ -55,6 +61,10 @@ class ExampleResult:
         error: A description of the failure, if any.
         trace: The run's trace, if recorded.
         metric_traces: Traces of LM runs the metric made itself (an LLM judge's).
+        feedback: The metric's text feedback on the whole prediction (a
+            :class:`~rhizome.optimizers.metrics.Score`'s; empty for plain scores),
+            or what went wrong when the example failed.
+        node_feedback: The metric's feedback aimed at single nodes, by node path.
     """
 
     index: int
@@ -65,6 +75,8 @@ class ExampleResult:
     error: dict[str, Any] | None = None
     trace: Trace | None = None
     metric_traces: list[Trace] = dataclasses.field(default_factory=list)
+    feedback: str = ""
+    node_feedback: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -219,22 +231,29 @@ class Evaluate:
     async def _score(self, batch_result: Any) -> ExampleResult:
         example = self.devset[batch_result.index]
         pred, error = batch_result.prediction, batch_result.error
-        score = 0.0
+        scored = Score(0.0)
         with metric_traces() as judged:
             if pred is not None:
                 try:
-                    score = await call_metric(self.metric, example, pred, batch_result.trace)
+                    scored = await call_metric_scored(
+                        self.metric, example, pred, batch_result.trace
+                    )
                 except Exception as exc:
                     error = {"type": type(exc).__name__, "message": f"metric failed: {exc}"}
+        feedback = scored.feedback
+        if error is not None and not feedback:
+            feedback = f"the program failed: {error.get('type')}: {error.get('message')}"
         return ExampleResult(
             index=batch_result.index,
             example=example,
             prediction=pred,
-            score=score,
-            passed=error is None and score >= self.threshold,
+            score=scored.value,
+            passed=error is None and scored.value >= self.threshold,
             error=error,
             trace=batch_result.trace,
             metric_traces=judged,
+            feedback=feedback,
+            node_feedback=dict(scored.node_feedback),
         )
 
 

@@ -9,11 +9,14 @@ depend on the instruction of another.
 
 Each trial scores its combination on a random minibatch of the validation
 set; every ``full_eval_every`` trials the combination with the best mean
-minibatch score is scored on the whole set, and the best full score wins.
+minibatch score is scored on the whole set, and the best full score wins. A
+combination is never scored twice on the same example: trial 0 (the graph as
+given) and the minibatches of the best combination count toward its full
+evaluation.
 Each trial also records its cost per example (tokens when the LMs have no
 prices), and :attr:`JointSearch.pareto` is the score/cost front. A
-:class:`~rhizome.optimizers.trials.Budget` stops the search from starting
-more work once it is spent.
+:class:`~rhizome.optimizers.trials.Budget` counts every LM call of the run,
+set-up included, and the search never starts work it cannot pay for.
 
 Trials run ``parallel`` at a time in rounds; each round is asked for from the
 finished rounds only, so a run is a pure function of its seed (and the LM's
@@ -34,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from rhizome.engine.client.options import grouped
+from rhizome.engine.client.usage import SpendMeter, metered
 from rhizome.engine.errors import ConfigError
 from rhizome.optimizers.base import as_examples
 from rhizome.optimizers.evaluate import score_candidate
@@ -51,14 +55,17 @@ from rhizome.optimizers.space import (
 from rhizome.optimizers.trials import (
     Budget,
     ParetoPoint,
-    Spend,
     TPESampler,
     Trial,
+    affordable,
     best_by_mean,
+    budget_meter,
     config_key,
     load_trials,
     pareto_front,
     per_example_cost,
+    per_example_usage,
+    spent_by,
 )
 
 if TYPE_CHECKING:
@@ -195,10 +202,12 @@ class JointSearch:
             (default 10).
         parallel: Trials evaluated at once (one round; default 4).
         valset: Examples to score on (the trainset when None).
-        budget: Stop starting trials and full evaluations once this much is
-            spent by them, over the whole run (resumed parts included); the
-            overshoot is at most one round. Building the candidates (bootstraps,
-            proposals) is not counted.
+        budget: The most the whole run may spend (resumed parts included),
+            counting every LM call it causes: building the candidates
+            (bootstraps, proposals by ``prompt_lm``), trials and full
+            evaluations. Trials and full evaluations it cannot pay for are not
+            started (a full evaluation shrinks to the examples it can pay for);
+            the call limit is never exceeded (see :class:`Budget`).
         startup_trials: Random trials before TPE models (default: a quarter, 2 to 10).
         threshold: Score at or above which a bootstrap trace counts as passed.
         concurrency: Examples in flight, across the trials of a round.
@@ -224,6 +233,9 @@ class JointSearch:
         pareto: Configurations on the score/cost front (cost: per example,
             tokens when no prices are set).
         stopped: Why the search ended: ``"done"`` or ``"budget"``.
+        spent: What the run spent (resumed parts included): ``calls`` sent to
+            a server, ``cache_hits``, tokens, ``cost``, ``refused`` requests,
+            and ``setup``, the part spent building the candidates.
     """
 
     def __init__(
@@ -303,6 +315,7 @@ class JointSearch:
         self.best_config: dict[str, int] = {}
         self.pareto: list[ParetoPoint] = []
         self.stopped = "done"
+        self.spent: dict[str, Any] = {}
 
     def _unpack(self, space: SearchSpaceConfig, trials: TrialSchedule) -> None:
         """Copy the groups into the plain attributes the search reads."""
@@ -338,11 +351,15 @@ class JointSearch:
         """Search and return a copy of ``graph`` set to the best configuration found."""
         examples = as_examples(trainset)
         valset = as_examples(self.valset, what="valset") if self.valset is not None else examples
-        space = await self._space(graph, examples, len(valset))
-        self.space = space
+        previous = load_trials(self.run_dir)
         recorder = RunRecorder.create(self.run_dir, kind="joint_search", config=self._config())
-        run = _Run(self, graph, valset, space, recorder, load_trials(self.run_dir))
-        await run.search()
+        with budget_meter(self.budget, spent_by(previous)) as meter:
+            space, setup = await self._space(graph, examples, len(valset), recorder)
+            self.space = space
+            rows = load_trials(self.run_dir) if self.run_dir is not None else setup
+            run = _Run(self, graph, valset, space, recorder, rows, meter)
+            await run.search()
+        self.spent = meter.snapshot() | {"setup": spent_by(run.setup)}
         best = space.apply(graph, self.best_config, lms=self.lms)
         if recorder is not None:
             recorder.write_program(best)
@@ -355,7 +372,7 @@ class JointSearch:
             "best_config": run.space.describe(self.best_config),
             "trials": sum(t.kind == "trial" for t in self.history),
             "full_evaluations": sum(t.kind == "full" for t in self.history),
-            "spent": run.spent.as_dict(),
+            "spent": self.spent,
             "stopped": self.stopped,
             "pareto": [
                 {"score": p.score, "cost": p.cost, "config": run.space.describe(p.config)}
@@ -395,16 +412,28 @@ class JointSearch:
 
     # -- the space -------------------------------------------------------------
 
-    async def _space(self, graph: Graph, examples: list[Example], valset_size: int) -> SearchSpace:
+    async def _space(
+        self,
+        graph: Graph,
+        examples: list[Example],
+        valset_size: int,
+        recorder: RunRecorder | None,
+    ) -> tuple[SearchSpace, list[Trial]]:
+        """The search space (saved or built) and the set-up row of building it, if built."""
         settings = self._settings(valset_size)
         if self.run_dir is not None:
             saved = load_space(self.run_dir, settings, graph, num_lms=len(self.lms))
             if saved is not None:
-                return saved
-        space = (await self._build_space(graph, examples)).normalized()
-        if self.run_dir is not None:
+                return saved, []
+        with metered() as setup:  # nested: counted here and against the budget
+            space = (await self._build_space(graph, examples)).normalized()
+        row = Trial(tid=-2, kind="setup", config={}, score=0.0, cost=0.0, n=0)
+        row.usage = setup.snapshot()
+        if recorder is not None:  # the set-up's spend first, so a resume counts it
+            recorder.append("trials.jsonl", row.to_row())
+        if self.run_dir is not None and not setup.refused:  # a space cut short is not kept
             save_space(self.run_dir, settings, space)
-        return space
+        return space, [row]
 
     async def _build_space(self, graph: Graph, examples: list[Example]) -> SearchSpace:
         demos = await demo_candidates(
@@ -447,7 +476,14 @@ class JointSearch:
 
 
 class _Run:
-    """One (possibly resumed) execution of a search: trials in rounds, then the final pick."""
+    """One (possibly resumed) execution of a search: trials in rounds, then the final pick.
+
+    Every evaluation is planned against the budget's meter before it starts:
+    a round runs only the trials it can pay for, a full evaluation shrinks to
+    the examples it can pay for, and a score already known for a
+    configuration on an example (from an earlier trial) is reused, not paid
+    for again.
+    """
 
     def __init__(
         self,
@@ -457,20 +493,33 @@ class _Run:
         space: SearchSpace,
         recorder: RunRecorder | None,
         previous: list[Trial],
+        meter: SpendMeter,
     ) -> None:
         self.s = search
         self.graph = graph
         self.valset = valset
         self.space = space
         self.recorder = recorder
+        self.meter = meter
         self.sampler = TPESampler(space.sizes, seed=search.seed, startup=search._startup())
         self.size = min(search.minibatch_size, len(valset))
         self.full_mode = self.size >= len(valset)
         self.trials = {t.tid: t for t in previous if t.kind == "trial"}
         self.fulls = [t for t in previous if t.kind == "full"]
-        self.spent = Spend()
-        for t in previous:
-            self.spent.add(t.usage)
+        self.setup = [t for t in previous if t.kind == "setup"]
+        self.known: dict[tuple[str, int], float] = {}
+        self.costs: dict[str, float] = {}  # per example, from a configuration's first run
+        for t in [*self.trials.values(), *self.fulls]:
+            self._remember(t)
+        self.prior_calls = max(1, len(list(graph.named_predictors())))
+        self.cut = False
+
+    def _remember(self, trial: Trial) -> None:
+        key = config_key(trial.config)
+        if trial.ran != 0:
+            self.costs.setdefault(key, trial.cost)
+        for index, score in zip(trial.examples, trial.scores, strict=False):
+            self.known[(key, index)] = score
 
     async def search(self) -> None:
         s = self.s
@@ -478,23 +527,22 @@ class _Run:
         for start in range(0, s.num_trials, s.parallel):
             end = min(start + s.parallel, s.num_trials)
             missing = [tid for tid in range(start, end) if tid not in self.trials]
-            if missing:
-                if self._over_budget():
-                    break
-                await self._round(start, missing)
-            if self._checkpoint_due(start, end):
-                if self._over_budget():
-                    break
-                await self._full_eval(at=end)
+            if missing and not await self._round(start, missing):
+                break
+            if self._checkpoint_due(start, end) and not await self._full_eval(at=end):
+                break
         self._finish()
 
-    def _over_budget(self) -> bool:
-        if self.s.budget is not None and self.s.budget.exceeded(self.spent):
-            self.s.stopped = "budget"
-            return True
+    def _stop(self) -> bool:
+        self.s.stopped = "budget"
         return False
 
-    async def _round(self, start: int, missing: list[int]) -> None:
+    def _per_example(self) -> dict[str, float]:
+        done = [*self.trials.values(), *self.fulls]
+        return per_example_usage(done, prior_calls=self.prior_calls)
+
+    async def _round(self, start: int, missing: list[int]) -> bool:
+        """Run the round's trials the budget can pay for; False when the search must stop."""
         configs: dict[int, dict[str, int]] = {}
         done = [self.trials[t] for t in sorted(self.trials) if t < start]
         for tid in missing:
@@ -503,36 +551,73 @@ class _Run:
                 configs[tid] = self.space.default()
             else:
                 configs[tid] = await anyio.to_thread.run_sync(self.sampler.ask, tid, done, pending)
-        per_trial = max(1, self.s.concurrency // len(missing))
-        async with anyio.create_task_group() as group:
-            for tid in missing:
-                group.start_soon(self._trial, tid, configs[tid], per_trial)
+        fit = self._fitting(missing, configs)
+        if fit:
+            per_trial = max(1, self.s.concurrency // len(fit))
+            async with anyio.create_task_group() as group:
+                for tid in fit:
+                    group.start_soon(self._trial, tid, configs[tid], per_trial)
+        if self.cut or len(fit) < len(missing):
+            return self._stop()
+        return True
+
+    def _fitting(self, missing: list[int], configs: Mapping[int, dict[str, int]]) -> list[int]:
+        """The longest prefix of ``missing`` whose unscored examples the budget can pay for."""
+        need = 0
+        fit: list[int] = []
+        for tid in missing:
+            key = config_key(configs[tid])
+            need += sum((key, i) not in self.known for i in self._picks(tid))
+            if affordable(self.meter, need, self._per_example()) < need:
+                break
+            fit.append(tid)
+        return fit
 
     def _config_of(self, tid: int, asked: Mapping[int, dict[str, int]]) -> dict[str, int]:
         return self.trials[tid].config if tid in self.trials else asked[tid]
 
-    async def _trial(self, tid: int, config: dict[str, int], concurrency: int) -> None:
+    def _picks(self, tid: int) -> list[int]:
         picks = random.Random(f"{self.s.seed}:{tid}").sample(range(len(self.valset)), self.size)
-        batch = [self.valset[i] for i in sorted(picks)]
-        trial = await self._evaluate(config, batch, concurrency, tid=tid, kind="trial")
-        self.trials[tid] = trial
+        return sorted(picks)
+
+    async def _trial(self, tid: int, config: dict[str, int], concurrency: int) -> None:
+        trial = await self._evaluate(config, self._picks(tid), concurrency, tid=tid, kind="trial")
+        if trial is not None:
+            self.trials[tid] = trial
 
     async def _evaluate(
-        self, config: dict[str, int], examples: list[Example], concurrency: int, **fields: Any
-    ) -> Trial:
-        program = self.space.apply(self.graph, config, lms=self.s.lms)
+        self, config: dict[str, int], indices: list[int], concurrency: int, **fields: Any
+    ) -> Trial | None:
+        """Score ``config`` on ``indices``, reusing known scores; None when the budget cut it."""
+        key = config_key(config)
+        todo = [i for i in indices if (key, i) not in self.known]
         t0 = time.perf_counter()
-        result = await score_candidate(program, examples, self.s, concurrency=concurrency)
+        usage: dict[str, float] = {}
+        scores = {i: self.known[(key, i)] for i in indices if (key, i) in self.known}
+        if todo:
+            program = self.space.apply(self.graph, config, lms=self.s.lms)
+            with metered() as own:
+                result = await score_candidate(
+                    program, [self.valset[i] for i in todo], self.s, concurrency=concurrency
+                )
+            if own.refused:  # the meter refused a request: the evaluation is incomplete
+                self.cut = True
+                return None
+            usage = dict(result.usage)
+            scores.update(zip(todo, (r.score for r in result.results), strict=True))
         trial = Trial(
             config=config,
-            score=result.score,
-            cost=per_example_cost(result.usage, result.n),
-            n=result.n,
-            usage=dict(result.usage),
+            score=sum(scores.values()) / len(indices),
+            cost=per_example_cost(usage, len(todo)) if todo else self.costs.get(key, 0.0),
+            n=len(indices),
+            usage=usage,
             wall_time=time.perf_counter() - t0,
+            examples=list(indices),
+            scores=[scores[i] for i in indices],
+            ran=len(todo),
             **fields,
         )
-        self.spent.add(trial.usage)
+        self._remember(trial)
         if self.recorder is not None:
             self.recorder.append("trials.jsonl", trial.to_row())
         return trial
@@ -542,15 +627,30 @@ class _Run:
         crossed = end // every > start // every or end == self.s.num_trials
         return crossed and not self.full_mode and not any(f.at == end for f in self.fulls)
 
-    async def _full_eval(self, *, at: int) -> None:
-        """Score the best-by-minibatch configuration not yet fully scored, on the whole set."""
+    async def _full_eval(self, *, at: int) -> bool:
+        """Score the best-by-minibatch configuration not yet fully scored, on the whole set.
+
+        When the budget cannot pay for every example, the evaluation covers the
+        examples it can pay for (known scores first), as long as that is at
+        least a minibatch; otherwise it is skipped and the search stops.
+        """
         scored = {config_key(f.config) for f in self.fulls}
         config = best_by_mean(list(self.trials.values()), exclude=scored)
-        if config is not None:
-            full = await self._evaluate(
-                config, self.valset, self.s.concurrency, tid=-1, kind="full", at=at
-            )
-            self.fulls.append(full)
+        if config is None:
+            return True
+        key = config_key(config)
+        known = [i for i in range(len(self.valset)) if (key, i) in self.known]
+        todo = [i for i in range(len(self.valset)) if (key, i) not in self.known]
+        fits = affordable(self.meter, len(todo), self._per_example())
+        if len(known) + fits < self.size:
+            return self._stop()
+        full = await self._evaluate(
+            config, sorted(known + todo[:fits]), self.s.concurrency, tid=-1, kind="full", at=at
+        )
+        if full is None:
+            return self._stop()
+        self.fulls.append(full)
+        return fits == len(todo) or self._stop()
 
     def _finish(self) -> None:
         """Pick the best: highest full score, or highest minibatch mean without full scores."""

@@ -30,6 +30,7 @@ __all__ = (
     "all_of",
     "answer_in_passages",
     "call_metric",
+    "call_metric_scored",
     "distinct_from_question",
     "exact_match",
     "mean",
@@ -125,10 +126,22 @@ async def call_metric(
     trace: Trace | None,
 ) -> float:
     """Call a metric (sync, or async like the LLM judge) and return its score as a float."""
+    return (await call_metric_scored(metric, example, prediction, trace)).value
+
+
+async def call_metric_scored(
+    metric: Callable[..., Any],
+    example: Mapping[str, Any],
+    prediction: Mapping[str, Any],
+    trace: Trace | None,
+) -> Score:
+    """Call a metric and return its score as a :class:`Score`, feedback kept (empty for floats)."""
     value = metric(example, prediction, trace)
     if inspect.isawaitable(value):
         value = await value
-    return score_value(value, metric_name=metric_name(metric))
+    if isinstance(value, Score):
+        return value
+    return Score(score_value(value, metric_name=metric_name(metric)))
 
 
 @contextlib.contextmanager

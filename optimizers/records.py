@@ -63,6 +63,18 @@ class RunRecorder:
         with open(self.path / name, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(jsonable(row), ensure_ascii=False) + "\n")
 
+    def keep_rows(self, name: str, rows: Iterable[dict[str, Any]]) -> None:
+        """Replace ``name`` with ``rows`` (what :func:`read_jsonl` read back), atomically.
+
+        A resumed run calls it first, so that a line torn by a killed process
+        does not glue itself to the next line appended.
+        """
+        tmp = self.path / f"{name}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(jsonable(row), ensure_ascii=False) + "\n")
+        os.replace(tmp, self.path / name)
+
     def write_results(self, results: Iterable[Any]) -> None:
         """Write per-example results and a sample of their traces, replacing earlier ones.
 
@@ -82,6 +94,7 @@ class RunRecorder:
                     "error": r.error,
                     "example": r.example.to_dict(),
                     "prediction": r.prediction.to_dict() if r.prediction is not None else None,
+                    **_feedback(r),
                 },
             )
             if r.trace is not None and sampled < TRACE_SAMPLE:
@@ -101,6 +114,16 @@ class RunRecorder:
             finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
         )
         self._write_meta()
+
+
+def _feedback(result: Any) -> dict[str, Any]:
+    """A result's metric feedback, when it has any (kept out of the line otherwise)."""
+    out: dict[str, Any] = {}
+    if getattr(result, "feedback", ""):
+        out["feedback"] = result.feedback
+    if getattr(result, "node_feedback", None):
+        out["node_feedback"] = dict(result.node_feedback)
+    return out
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -14,12 +14,15 @@ repeatable and resumable.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-from collections.abc import Collection, Mapping, Sequence
+import math
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rhizome.engine.client.usage import SpendMeter, metered
 from rhizome.engine.errors import ConfigError
 from rhizome.optimizers.records import read_jsonl
 
@@ -29,12 +32,17 @@ __all__ = (
     "Spend",
     "TPESampler",
     "Trial",
+    "affordable",
     "best_by_mean",
+    "budget_meter",
     "config_key",
     "load_trials",
     "mean_scores",
     "pareto_front",
     "per_example_cost",
+    "per_example_usage",
+    "spent_by",
+    "summed_usage",
 )
 
 
@@ -43,15 +51,23 @@ TRIALS_FILE = "trials.jsonl"
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Budget:
-    """A hard limit on what a search may spend; None means no limit on that measure.
+    """A hard limit on what an optimizer may spend; None means no limit on that measure.
 
-    Every LM call a trial makes counts, cache hits included, so a rerun with a
-    warm cache stops at the same trial as the first run did. A search stops
-    starting trials once any limit is reached; the trials already in flight
-    finish, so the overshoot is at most one round of trials.
+    It counts every LM call the optimizer causes — building candidates
+    (bootstraps, instruction proposals), trials, full evaluations, its own
+    prompt or reflection model, an LLM judge — through one spend meter
+    (:func:`~rhizome.engine.client.usage.metered`) on the one LM call path.
+    ``calls`` counts requests sent to a server; replies served from the
+    response cache are reported separately and cost nothing. The optimizer
+    never starts work it cannot finish within the limit: it estimates a piece
+    of work's calls from what earlier work cost, shrinks a full evaluation to
+    the examples it can pay for (or skips it), and a request that would pass
+    the call limit is refused before it is sent, so the limit is never
+    exceeded at the server. A token or cost limit stops new requests once
+    reached; requests already in flight may pass it by their own size.
 
     Attributes:
-        calls: LM calls.
+        calls: LM requests sent to a server.
         tokens: Prompt plus completion tokens.
         cost: Cost in the LMs' currency (needs prices configured on the LMs).
     """
@@ -73,6 +89,70 @@ class Budget:
             or (self.tokens is not None and spent.tokens >= self.tokens)
             or (self.cost is not None and spent.cost >= self.cost)
         )
+
+
+@contextlib.contextmanager
+def budget_meter(
+    budget: Budget | None, spent: Mapping[str, float] | None = None
+) -> Iterator[SpendMeter]:
+    """A spend meter with ``budget``'s limits for an optimizer's run, ``spent`` already counted.
+
+    ``spent`` is what an interrupted run on the same run directory spent
+    before (a resume), so the limit covers the whole run.
+    """
+    b = budget or Budget()
+    with metered(max_calls=b.calls, max_tokens=b.tokens, max_cost=b.cost) as meter:
+        if spent:
+            meter.preload(spent)
+        yield meter
+
+
+def affordable(meter: SpendMeter, n: int, per_example: Mapping[str, float]) -> int:
+    """How many of ``n`` examples the meter can still pay for at ``per_example`` each.
+
+    ``per_example`` holds the expected ``calls`` and ``tokens`` of one
+    example (a measure not known yet, 0, does not limit).
+    """
+    fits = n
+    calls = per_example.get("calls", 0)
+    room = meter.room()
+    if room is not None and calls > 0:
+        fits = min(fits, int(room // calls))
+    tokens = per_example.get("tokens", 0)
+    if meter.max_tokens is not None and tokens > 0:
+        fits = min(fits, int(max(0, meter.max_tokens - meter.tokens) // tokens))
+    if meter.full():
+        fits = 0
+    return max(0, fits)
+
+
+def spent_by(trials: Sequence[Trial]) -> dict[str, float]:
+    """What the recorded trials (set-up rows included) spent, summed."""
+    return summed_usage([t.usage for t in trials])
+
+
+def summed_usage(usages: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Usages (calls, cache hits, tokens, cost) added up, in :meth:`SpendMeter.snapshot`'s keys."""
+    meter = SpendMeter()
+    for usage in usages:
+        meter.preload(usage)
+    total = meter.snapshot()
+    total.pop("refused")
+    return total
+
+
+def per_example_usage(trials: Sequence[Trial], *, prior_calls: int) -> dict[str, float]:
+    """The most calls and tokens one example took in any trial (``prior_calls`` at least)."""
+    calls, tokens = float(max(1, prior_calls)), 0.0
+    for t in trials:
+        ran = t.n if t.ran is None else t.ran
+        if ran <= 0 or t.kind == "setup":
+            continue
+        made = t.usage.get("calls", 0) + t.usage.get("cache_hits", 0)
+        calls = max(calls, math.ceil(made / ran))
+        used = t.usage.get("prompt_tokens", 0) + t.usage.get("completion_tokens", 0)
+        tokens = max(tokens, math.ceil(used / ran))
+    return {"calls": calls, "tokens": tokens}
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -110,8 +190,11 @@ class Trial:
     """One evaluation of one configuration.
 
     Attributes:
-        tid: Trial id (position in the search); -1 for full evaluations.
-        kind: ``"trial"`` (minibatch, seen by TPE) or ``"full"`` (whole validation set).
+        tid: Trial id (position in the search); -1 for full evaluations, -2
+            for set-up.
+        kind: ``"trial"`` (minibatch, seen by TPE), ``"full"`` (whole
+            validation set, or the part the budget paid for) or ``"setup"``
+            (building the candidates: only its usage counts).
         config: Option index per search dimension.
         score: Mean metric score on the examples evaluated.
         cost: Cost (or tokens) per example.
@@ -119,6 +202,10 @@ class Trial:
         usage: LM calls, tokens and cost of the evaluation.
         at: For full evaluations, the number of trials finished when it ran.
         wall_time: Seconds the evaluation took.
+        examples: Validation-set indices evaluated, in order.
+        scores: The score of each of ``examples``.
+        ran: Examples actually run (the rest reused earlier scores of the same
+            configuration); None means all ``n``.
     """
 
     tid: int
@@ -130,6 +217,9 @@ class Trial:
     usage: dict[str, float] = dataclasses.field(default_factory=dict)
     at: int = 0
     wall_time: float = 0.0
+    examples: list[int] = dataclasses.field(default_factory=list)
+    scores: list[float] = dataclasses.field(default_factory=list)
+    ran: int | None = None
 
     def to_row(self) -> dict[str, Any]:
         """The trial as one JSON-ready line."""

@@ -47,6 +47,7 @@ from rhizome.engine.errors import ParseError as ParseError
 from rhizome.engine.errors import RhizomeError as RhizomeError
 from rhizome.engine.errors import SaveError as SaveError
 from rhizome.engine.errors import SignatureError as SignatureError
+from rhizome.engine.errors import SpendLimitError as SpendLimitError
 from rhizome.engine.example import Example as Example
 from rhizome.engine.example import Prediction as Prediction
 from rhizome.engine.graphs.checkpoint import CheckpointStore as CheckpointStore
@@ -93,6 +94,8 @@ from rhizome.optimizers.metrics import token_f1 as token_f1
 from rhizome.optimizers.propose import COPRO as COPRO
 from rhizome.optimizers.propose import propose_instructions as propose_instructions
 from rhizome.optimizers.random_search import RandomSearch as RandomSearch
+from rhizome.optimizers.reflect import GEPA as GEPA
+from rhizome.optimizers.reflect import Reflect as Reflect
 from rhizome.optimizers.trials import Budget as Budget
 from rhizome.tools.agent.calculator import calculator as calculator
 from rhizome.tools.agent.http_get import make_http_get as make_http_get
@@ -117,6 +120,7 @@ _LAZY = {
 
 __all__ = (
     "COPRO",
+    "GEPA",
     "LM",
     "Adapter",
     "AskHuman",
@@ -177,6 +181,7 @@ __all__ = (
     "RandomSearch",
     "ReAct",
     "Refine",
+    "Reflect",
     "RequestDefaults",
     "ResponseCache",
     "Retrieve",
@@ -192,6 +197,7 @@ __all__ = (
     "SearchSpaceConfig",
     "Signature",
     "SignatureError",
+    "SpendLimitError",
     "TextAdapter",
     "Tool",
     "Trace",

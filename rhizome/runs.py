@@ -197,7 +197,11 @@ def trial_points(path: Path) -> tuple[list[TrialPoint], str]:
 
     The unit is ``"cost"`` when any trial was priced, else ``"tokens"``.
     """
-    rows = [r for r in read_jsonl(path / "trials.jsonl") if _number(r.get("score")) is not None]
+    rows = [
+        r
+        for r in read_jsonl(path / "trials.jsonl")
+        if _number(r.get("score")) is not None and r.get("kind") != "setup"
+    ]
     usages: list[Mapping[str, Any]] = [
         u if isinstance(u := r.get("usage"), Mapping) else r for r in rows
     ]

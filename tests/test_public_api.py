@@ -31,6 +31,7 @@ EXPECTED = {
     "SQLiteCheckpoint", "ask_human", "interrupt",
     "CallPolicy",
     "retrieval_recall",
+    "Reflect", "GEPA", "SpendLimitError",
 }  # fmt: skip
 
 

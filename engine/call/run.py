@@ -44,7 +44,7 @@ from rhizome.engine.call.field_stream import streamed_complete
 from rhizome.engine.call.signature import Signature
 from rhizome.engine.client.protocol import LM, Choice, LMRequest, LMResponse, ToolCall, Usage
 from rhizome.engine.context import resolve_lm, settings
-from rhizome.engine.errors import LMStatusError, ParseError, SignatureError
+from rhizome.engine.errors import LMStatusError, ParseError, SignatureError, SpendLimitError
 from rhizome.engine.events import LMCallFinished
 from rhizome.engine.trace import LMCall, current_record, log_call
 
@@ -414,6 +414,8 @@ class _Call:
         started = time.perf_counter()
         try:
             response = await self._ask(request, sample, entry)
+        except SpendLimitError:
+            raise  # refused by an optimizer's budget before sending: not a call to log
         except LMStatusError as exc:
             self._log(request, entry, error=f"{type(exc).__name__}: {exc}", started=started)
             if request.response_format is None or exc.status not in REFUSAL_STATUSES:
@@ -422,6 +424,8 @@ class _Call:
             started = time.perf_counter()
             try:
                 response = await self._ask(plain, sample, entry)
+            except SpendLimitError:
+                raise
             except Exception as again:
                 self._log(plain, entry, error=f"{type(again).__name__}: {again}", started=started)
                 raise

@@ -92,9 +92,9 @@ class FakeLM:
         """Return the next scripted reply(ies) for ``request``."""
         if self._delay:
             await anyio.sleep(self._delay)
+        self.usage.add_request()  # first: a spend meter may refuse the request
         self.calls += 1
         self.requests.append(request)
-        self.usage.add_request()
         try:
             texts = [self._next(request, sample * request.n + i) for i in range(request.n)]
         except Exception:

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 __all__ = ("add_parsers", "cmd_eval", "cmd_optimize")
 
 
-OPTIMIZERS = ("bootstrap", "labeled", "random", "joint", "copro")
+OPTIMIZERS = ("bootstrap", "labeled", "random", "joint", "copro", "reflect")
 
 EVAL_HELP = """\
 Score the program on a JSONL dev set with a metric: the mean score with a 95%
@@ -73,6 +73,8 @@ optimizers:
   joint      instructions and demos searched together with TPE (JointSearch; --trials,
              --propose to let the LM write candidate instructions)
   copro      instructions rewritten by the LM, coordinate ascent (COPRO)
+  reflect    instructions rewritten by the LM from the metric's feedback on failing
+             runs, a Pareto pool of programs (Reflect, GEPA-style; --trials steps)
 
 example:
   rhizome optimize rhizome.examples:build train.jsonl --dev dev.jsonl --metric exact_match \\
@@ -107,7 +109,8 @@ def add_parsers(sub: Sub) -> None:
     p.add_argument("--dev", type=Path, help="dev set to score on (default: the trainset)")
     _add_scoring(p)
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="bootstrap", help="how to tune")
-    p.add_argument("--trials", type=positive, default=8, help="random: candidates; joint: trials")
+    trials_help = "random: candidates; joint: trials; reflect: steps"
+    p.add_argument("--trials", type=positive, default=8, help=trials_help)
     p.add_argument("--demos", type=int, default=3, help="bootstrapped demos per LM node")
     p.add_argument(
         "--labeled",
@@ -116,7 +119,9 @@ def add_parsers(sub: Sub) -> None:
         help="labelled demos fill each node's demos up to this many (labeled: 4 demos)",
     )
     p.add_argument("--propose", action="store_true", help="joint: LM proposes instructions")
-    p.add_argument("--budget-calls", type=positive, help="joint: stop after this many LM calls")
+    p.add_argument(
+        "--budget-calls", type=positive, help="joint, reflect: at most this many LM calls in all"
+    )
     p.add_argument("--seed", type=int, default=0, help="makes the run repeatable")
     p.add_argument("--run-dir", type=Path, help="run directory (default: runs/NAME-OPTIMIZER-TIME)")
     p.add_argument("-o", "--out", type=Path, help="optimized program JSON (default: in run dir)")
@@ -203,7 +208,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     out = args.out or run_dir / "program.json"
     with open_lm(args) as lm:
         require_lm(graph, lm)
-        writes_instructions = args.optimizer == "copro" or (
+        writes_instructions = args.optimizer in ("copro", "reflect") or (
             args.optimizer == "joint" and args.propose
         )
         if writes_instructions and lm is None:
@@ -218,13 +223,13 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def _check_run_dir(run_dir: Path, optimizer: str) -> None:
-    """Refuse to mix two runs in one directory; a JointSearch run resumes instead."""
+    """Refuse to mix two runs in one directory; a JointSearch or Reflect run resumes instead."""
     if not (run_dir / "run.json").exists():
         return
-    if optimizer != "joint":
+    if optimizer not in ("joint", "reflect"):
         raise CommandError(
             f"{run_dir} already holds a run record",
-            hint="pass a new --run-dir (only --optimizer joint resumes an interrupted run)",
+            hint="pass a new --run-dir (only --optimizer joint or reflect resumes a run)",
         )
 
 
@@ -292,7 +297,15 @@ def _optimizer(
     dev: list[Example] | None,
     run_dir: Path,
 ) -> Optimizer:
-    from rhizome.optimizers import bootstrap, joint, labeled, propose, random_search, trials
+    from rhizome.optimizers import (
+        bootstrap,
+        joint,
+        labeled,
+        propose,
+        random_search,
+        reflect,
+        trials,
+    )
 
     common: dict[str, Any] = {"concurrency": args.concurrency, "lm": lm, "run_dir": run_dir}
     common["threshold"] = args.threshold
@@ -321,6 +334,16 @@ def _optimizer(
         assert lm is not None  # checked by cmd_optimize
         return propose.COPRO(metric, prompt_lm=lm, valset=dev, seed=args.seed, **common)
     budget = trials.Budget(calls=args.budget_calls) if args.budget_calls else None
+    if args.optimizer == "reflect":
+        return reflect.Reflect(
+            metric,
+            reflection_lm=lm,
+            max_iterations=args.trials,
+            valset=dev,
+            budget=budget,
+            seed=args.seed,
+            **common,
+        )
     return joint.JointSearch(
         metric,
         num_trials=args.trials,

@@ -200,3 +200,21 @@ def test_joint_search_resumes_in_its_run_dir(
     assert server.request_count - calls == 6
     assert second["before"] == first["before"]
     assert second["after"] == first["after"]
+
+
+def test_reflect_keeps_to_its_call_budget_and_resumes_in_its_run_dir(
+    lm_args: list[str], data: Path, server: OpenAIServer, capsys: Capture
+) -> None:
+    argv = ["optimize", "rhizome.examples:build", str(data), "--optimizer", "reflect"]
+    argv += ["--trials", "3", "--budget-calls", "40", "--run-dir", "runs/reflect", "-q"]
+    argv += ["--json", *lm_args]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    record = json.loads((Path("runs/reflect") / "run.json").read_text())
+    assert record["kind"] == "reflect"
+    assert record["summary"]["spent"]["calls"] <= 40
+    calls = server.request_count
+    assert main(argv) == 0  # every step is on disk: only the final evaluation runs again
+    second = json.loads(capsys.readouterr().out)
+    assert server.request_count - calls == 6
+    assert second["after"] == first["after"]

@@ -113,7 +113,7 @@ async def test_joint_search_on_the_pool_matches_one_process_with_the_same_seed(
         best_there = await spread.optimize(two_step(), DATA)
 
     def summary(s: JointSearch) -> list[tuple[int, str, dict[str, int], float, float]]:
-        return [(t.tid, t.kind, t.config, t.score, t.usage["calls"]) for t in s.history]
+        return [(t.tid, t.kind, t.config, t.score, t.usage.get("calls")) for t in s.history]
 
     assert summary(spread) == summary(one)
     assert spread.best_config == one.best_config

@@ -124,16 +124,17 @@ async def test_same_seed_same_trials_other_seed_other_trials() -> None:
     assert [t.config for t in first.history[1:12]] != [t.config for t in other.history[1:12]]
 
 
-async def test_budget_stops_new_trials_and_overshoots_by_at_most_one_round() -> None:
+async def test_budget_never_starts_a_trial_it_cannot_pay_for() -> None:
     lm = FakeLM(planted)
     # No demo candidates: every LM call below is a trial call (5 examples x 2 nodes = 10).
     s = search(lm, num_demo_sets=0, max_labeled_demos=0, parallel=2, budget=Budget(calls=45))
     await s.optimize(two_step(), DATA)
     trials = [t for t in s.history if t.kind == "trial"]
     assert s.stopped == "budget"
-    assert len(trials) == 6  # rounds of 2 trials: 20, 40, then 60 calls >= 45
-    assert 45 <= lm.calls <= 45 + 2 * 10
-    assert lm.calls == sum(t.usage["calls"] for t in s.history)
+    # Rounds of 2 trials: 20, 40 calls; a fifth trial (10 more) would pass 45.
+    assert len(trials) == 4
+    assert lm.calls == 40 <= 45
+    assert lm.calls == sum(t.usage["calls"] for t in s.history) == s.spent["calls"]
 
 
 async def test_budget_in_tokens_is_respected() -> None:
@@ -235,7 +236,9 @@ async def test_run_dir_holds_space_trials_and_a_loadable_program(tmp_path: Path)
     assert meta["summary"]["best_score"] == s.best_score
     assert meta["summary"]["trials"] == 8
     assert (tmp_path / "space.json").exists()
-    assert len(read_jsonl(tmp_path / "trials.jsonl")) == len(s.history)
+    rows = read_jsonl(tmp_path / "trials.jsonl")
+    assert rows[0]["kind"] == "setup", "the set-up's spend is recorded first"
+    assert len(rows) - 1 == len(s.history)
     loaded = two_step().load(tmp_path / "program.json")
     got = {p: pr.instruction for p, pr in loaded.named_predictors()}
     assert got == {p: pr.instruction for p, pr in best.named_predictors()}
