@@ -127,6 +127,7 @@ class OpenAIServer:
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._transports: set[asyncio.BaseTransport] = set()
         self.port = 0
 
     # ---- public helpers -------------------------------------------------
@@ -189,8 +190,12 @@ class OpenAIServer:
         loop = asyncio.new_event_loop()
         self._loop = loop
         try:
+            def protocol() -> asyncio.StreamReaderProtocol:
+                reader = asyncio.StreamReader(loop=loop)
+                return _Tracked(reader, self._serve, loop=loop, transports=self._transports)
+
             self._server = loop.run_until_complete(
-                asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=2048)
+                loop.create_server(protocol, "127.0.0.1", 0, backlog=2048)
             )
             self.port = self._server.sockets[0].getsockname()[1]
             ready.set()
@@ -203,10 +208,21 @@ class OpenAIServer:
     async def _shutdown(self) -> None:
         assert self._server is not None
         self._server.close()
+        # A connection accepted just now has a handler task that has not started (and
+        # so is not in _tasks yet); cancelled before its first step, it would never
+        # close its socket. Let such tasks start first.
+        for _ in range(3):
+            await asyncio.sleep(0)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for transport in list(self._transports):  # whatever a handler did not close
+            transport.abort()
         await self._server.wait_closed()
+        # Let the transports' connection_lost callbacks run (they close the sockets)
+        # before the loop stops; otherwise a socket is left for the garbage collector.
+        for _ in range(3):
+            await asyncio.sleep(0)
 
     # ---- HTTP -------------------------------------------------------------
 
@@ -411,6 +427,31 @@ class OpenAIServer:
             part = {"index": i, "function": {"arguments": piece}}
             delta = {"tool_calls": [part]}
             await event({"choices": [{"index": index, "delta": delta, "finish_reason": None}]})
+
+
+class _Tracked(asyncio.StreamReaderProtocol):
+    """A stream protocol that keeps its transport in ``transports`` while connected."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        callback: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any],
+        *,
+        loop: asyncio.AbstractEventLoop,
+        transports: set[asyncio.BaseTransport],
+    ) -> None:
+        super().__init__(reader, callback, loop=loop)
+        self._all = transports
+        self._mine: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._mine = transport
+        self._all.add(transport)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._all.discard(self._mine)  # type: ignore[arg-type]
+        super().connection_lost(exc)
 
 
 def _pieces(text: str, size: int = 3) -> list[str]:

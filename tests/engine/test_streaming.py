@@ -299,13 +299,8 @@ async def test_leaving_early_stops_the_run(server: OpenAIServer, lm: OpenAILM) -
 
 async def test_streaming_through_an_httpx_transport(server: OpenAIServer) -> None:
     """A client given ``transport=`` (or behind a proxy) sends through httpx; it streams too."""
-    lm = OpenAILM(
-        "test-model",
-        base_url=server.url,
-        cache=None,
-        backoff=0.01,
-        transport=httpx.AsyncHTTPTransport(),
-    )
+    transport = httpx.AsyncHTTPTransport()
+    lm = OpenAILM("test-model", base_url=server.url, cache=None, backoff=0.01, transport=transport)
     server.script(["through httpx", Reply(text="broken", break_after=1), "again"])
     pieces: list[str] = []
     graph = Graph("g").add("a", Predict("question -> answer", adapter=TextAdapter()))
@@ -320,6 +315,7 @@ async def test_streaming_through_an_httpx_transport(server: OpenAIServer) -> Non
     assert "".join(pieces) == "via httpx"
     assert len(pieces) > 1  # it arrived in pieces
     await lm.aclose()
+    await transport.aclose()
 
 
 async def test_a_server_that_ignores_stream_still_gives_the_tokens(
