@@ -35,7 +35,7 @@ from typing import Any
 
 from rhizome.datasets import load_multihop
 from rhizome.datasets.multihop import load_multihop_corpus
-from rhizome.tools.retrieval.embeddings import MiniLMEmbedder
+from rhizome.tools.retrieval.embeddings import Embedder, MiniLMEmbedder
 from rhizome.tools.retrieval.indexing import index_documents
 from rhizome.tools.retrieval.retrievers import InMemoryRetriever
 
@@ -91,9 +91,13 @@ def ray_rate(docs: list[dict[str, str]], actors: int) -> dict[str, Any]:
 
 def recall_at_3(threads: int, embed_batch: int, window: int) -> float:
     """Recall@3 of the first supporting passage over the 400 labelled questions."""
+    return embedder_recall_at_3(MiniLMEmbedder(threads=threads, batch_size=embed_batch), window)
+
+
+def embedder_recall_at_3(embedder: Embedder, window: int = 64) -> float:
+    """Recall@3 of the first supporting passage over the 400 labelled questions, any embedder."""
     import anyio
 
-    embedder = MiniLMEmbedder(threads=threads, batch_size=embed_batch)
     store = InMemoryRetriever(embedder=embedder)
     corpus = [
         {"id": p["id"], "title": p["title"], "text": p["text"]} for p in load_multihop_corpus()
