@@ -220,3 +220,23 @@ async def test_refused_connection_raises_connect_error() -> None:
 def test_host_header_leaves_out_default_ports() -> None:
     assert Origin.of(httpx.URL("https://api.example.com/v1")).host_header == "api.example.com"
     assert Origin.of(httpx.URL("http://127.0.0.1:8080/v1")).host_header == "127.0.0.1:8080"
+
+
+async def test_a_request_cancelled_mid_reply_closes_its_connection(raw_server: Starter) -> None:
+    closed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\npart")  # then nothing more
+        await writer.drain()
+        if await reader.read() == b"":  # the client closed its end
+            closed.set()
+
+    url = await raw_server(handler)
+    pool = HttpPool(timeout=5)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await pool.request(Origin.of(httpx.URL(url)), b"GET / HTTP/1.1\r\n\r\n")
+    # Never reused (half a reply is still owed on it) and closed now, not at GC.
+    await asyncio.wait_for(closed.wait(), 2)
+    await pool.aclose()
