@@ -333,6 +333,16 @@ class OpenAILM:
         return self._cache
 
     @property
+    def prices(self) -> Prices | None:
+        """Token prices used to report cost, or None."""
+        return self._prices
+
+    @property
+    def cache_namespace(self) -> str:
+        """What identifies the server in cache keys (``base_url`` unless set)."""
+        return self._cache_namespace
+
+    @property
     def api_key_env(self) -> str:
         """The environment variable the API key is read from."""
         return self._api_key_env

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from rhizome.engine.client.openai import Limits, OpenAILM, RequestDefaults
-from rhizome.engine.client.protocol import LM
+from rhizome.engine.client.protocol import LM, Capabilities
 from rhizome.engine.client.retry import RetryPolicy
+from rhizome.engine.client.usage import Prices
 from rhizome.engine.errors import ConfigError
 from rhizome.engine.graphs.graph import Graph
 
@@ -115,6 +116,10 @@ class LMSpec:
         retry: ``max_retries``, ``backoff`` and ``max_wait``.
         defaults: ``temperature`` and ``max_tokens``.
         cache: True for the worker's default persistent response cache.
+        capabilities: What the server supports (``Capabilities`` fields), so
+            workers format requests as the driver does.
+        prices: Token prices (``Prices`` fields), or None.
+        cache_namespace: What identifies the server in cache keys.
     """
 
     model: str
@@ -124,6 +129,9 @@ class LMSpec:
     retry: Mapping[str, Any]
     defaults: Mapping[str, Any]
     cache: bool = False
+    capabilities: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    prices: Mapping[str, float] | None = None
+    cache_namespace: str | None = None
 
     @classmethod
     def of(cls, lm: LM) -> LMSpec:
@@ -146,6 +154,9 @@ class LMSpec:
             retry={**dataclasses.asdict(lm.retry), "retry_on": sorted(lm.retry.retry_on)},
             defaults=dataclasses.asdict(lm.defaults),
             cache=lm.cache is not None,
+            capabilities=dataclasses.asdict(lm.capabilities),
+            prices=dataclasses.asdict(lm.prices) if lm.prices is not None else None,
+            cache_namespace=lm.cache_namespace,
         )
 
     def build(self) -> OpenAILM:
@@ -158,6 +169,9 @@ class LMSpec:
             retry=RetryPolicy(**self.retry),
             defaults=RequestDefaults(**self.defaults),
             cache="default" if self.cache else None,
+            capabilities=Capabilities(**self.capabilities) if self.capabilities else None,
+            prices=Prices(**self.prices) if self.prices is not None else None,
+            cache_namespace=self.cache_namespace,
         )
 
     @staticmethod

@@ -55,11 +55,18 @@ def _options(args: argparse.Namespace) -> Any:
 
 
 def check_ray_args(args: argparse.Namespace) -> None:
-    """Refuse ``--ray`` with ``--local`` before anything starts."""
-    if getattr(args, "ray", None) is not None and args.local:
+    """Refuse ``--local`` with a remote ``--ray ADDRESS`` before anything starts.
+
+    The embedded model serves on this machine's loopback address: the workers of
+    a local Ray instance reach it, those of a cluster elsewhere cannot.
+    """
+    ray = getattr(args, "ray", None)
+    if ray is not None and ray != LOCAL and args.local:
         raise CommandError(
-            "--local cannot be used with --ray: the embedded model runs in this process only",
-            hint="serve a model over HTTP and pass --base-url and --model",
+            f"--local cannot be used with --ray {ray}: the embedded model serves on this "
+            "machine's 127.0.0.1, which workers on other machines cannot reach",
+            hint="use --ray alone (a local Ray instance), or serve a model over HTTP and "
+            "pass --base-url and --model",
         )
 
 

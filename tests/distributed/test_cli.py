@@ -57,9 +57,34 @@ def test_batch_and_eval_with_ray(
     assert ray_server.request_count == 12
 
 
-def test_ray_refuses_the_in_process_local_model(
+def test_ray_refuses_the_local_model_on_a_cluster_elsewhere(
     ray_cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = write_data(tmp_path / "q.jsonl", 2)
-    assert main(["batch", PROGRAM, str(data), "--local", "--ray"]) == 1
-    assert "--local cannot be used with --ray" in capsys.readouterr().err
+    assert main(["batch", PROGRAM, str(data), "--local", "--ray", "ray://far:10001"]) == 1
+    err = capsys.readouterr().err
+    assert "--local cannot be used with --ray ray://far:10001" in err
+    assert "use --ray alone" in err
+
+
+@pytest.mark.embedded
+def test_the_embedded_model_drives_a_batch_on_local_ray(
+    ray_cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Workers (other processes, on the cluster's worker nodes) rebuild the embedded
+    # model's client from its settings and reach its server on 127.0.0.1.
+    data = tmp_path / "q.jsonl"
+    data.write_text(
+        json.dumps({"question": "What is the capital of France? One word."})
+        + "\n"
+        + json.dumps({"question": "What is 2 + 2? Digits only."})
+        + "\n"
+    )
+    out = tmp_path / "out.jsonl"
+    code = main(["batch", PROGRAM, str(data), "-o", str(out), "-q", "--local", "--ray"])
+    assert code == 0, capsys.readouterr().err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["error"] for r in rows] == [None, None]
+    assert "paris" in rows[0]["outputs"]["answer"].lower()
+    assert "4" in rows[1]["outputs"]["answer"]
+    assert all(r["node"] for r in rows)

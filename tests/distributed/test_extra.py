@@ -73,3 +73,44 @@ def test_a_program_spec_carries_saved_parameters_as_json(tmp_path) -> None:  # t
     spec = ProgramSpec.of(build, graph)
     rebuilt = spec.build()
     assert rebuilt.named_parameters()["answer.instruction"] == "Answer tersely."
+
+
+def test_workers_rebuild_the_lm_with_its_capabilities_prices_and_cache_name() -> None:
+    from rhizome.engine.client.protocol import Capabilities
+    from rhizome.engine.client.usage import Prices
+
+    caps = Capabilities(json_schema=True, tools=False, n=True, json_max_outputs=1, stream=True)
+    lm = OpenAILM(
+        "m",
+        base_url="http://127.0.0.1:9/v1",
+        api_key_env="RHIZOME_ABSENT_KEY_VAR",
+        capabilities=caps,
+        prices=Prices(prompt_per_million=0.5, completion_per_million=1.5),
+        cache_namespace="local:m",
+        cache=None,
+    )
+    rebuilt = LMSpec.of(lm).build()
+    assert rebuilt.capabilities == caps
+    assert rebuilt.prices == lm.prices
+    assert rebuilt.cache_namespace == "local:m"
+    assert LMSpec.secret_env(lm) == {}  # no key: nothing to pass on, nothing refused
+
+
+def test_the_embedded_models_client_sends_no_key_so_workers_can_rebuild_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rhizome.tools.embedded.lm import _client_for
+
+    class Config:
+        model_name = "local-model"
+        n_parallel = 2
+
+    class Server:
+        config = Config()
+        base_url = "http://127.0.0.1:9/v1"
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-users-real-key")
+    lm = _client_for(Server(), timeout=5.0, cache=None, temperature=0.0)  # type: ignore[arg-type]
+    assert not lm.sends_key  # a user's OPENAI_API_KEY never reaches the loopback server
+    assert LMSpec.secret_env(lm) == {}
+    assert not LMSpec.of(lm).build().sends_key

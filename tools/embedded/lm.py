@@ -51,7 +51,10 @@ LOCAL_CAPABILITIES = Capabilities(
 )
 """What llama.cpp serving the embedded model supports (measured, see module doc)."""
 
-_LOCAL_API_KEY = "sk-local-no-key"
+_LOCAL_KEY_ENV = "RHIZOME_LOCAL_API_KEY"
+"""The variable the embedded model's client reads a key from: normally unset, so
+no key is sent (the local server needs none), and a user's ``OPENAI_API_KEY``
+never reaches the loopback server. Ray workers rebuild the client the same way."""
 
 
 def _client_for(
@@ -67,7 +70,7 @@ def _client_for(
     return OpenAILM(
         server.config.model_name,
         base_url=server.base_url,
-        api_key=_LOCAL_API_KEY,
+        api_key_env=_LOCAL_KEY_ENV,
         max_concurrency=server.config.n_parallel,
         timeout=timeout,
         cache=cache,
